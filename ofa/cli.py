@@ -1,0 +1,67 @@
+"""The `ofa` command line: thin typer commands that parse, call the public API and render.
+
+Each command lives in `ofa/commands/<name>.py` and registers itself on `app`. `main()` turns every
+user-caused failure (an `OFAError`, or a usage error from bad options) into one line on stderr and exit 2.
+"""
+from __future__ import annotations
+
+import sys
+
+import typer
+
+try:  # typer >= 0.20 vendors click; older versions use the click package
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_exceptions
+
+from elastic.errors import OFAError
+
+app = typer.Typer(
+    name="ofa", help="Train one once-for-all supernet; specialize it for any device without retraining.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """Train one once-for-all supernet; specialize it for any device without retraining."""
+
+
+def _register_commands() -> None:
+    import importlib
+    import pkgutil
+
+    import ofa.commands as commands
+
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        importlib.import_module(f"ofa.commands.{info.name}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    _register_commands()
+    try:
+        app(args=argv, standalone_mode=False)
+    except OFAError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except click_exceptions.NoArgsIsHelpError:
+        sys.exit(0)
+    except click_exceptions.UsageError as exc:
+        where = f" (ofa {exc.ctx.info_name})" if exc.ctx is not None and exc.ctx.info_name != "ofa" else ""
+        print(f"error{where}: {exc.format_message()}", file=sys.stderr)
+        sys.exit(2)
+    except click_exceptions.ClickException as exc:
+        print(f"error: {exc.format_message()}", file=sys.stderr)
+        sys.exit(2)
+    except (click_exceptions.Abort, typer.Abort):
+        print("error: aborted", file=sys.stderr)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The evaluators: everything that turns an arch into a number (MACs, params, accuracy, latency)."""

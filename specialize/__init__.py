@@ -1,0 +1,1 @@
+"""The strategies: search for the best arch under constraints (evolution, ProxylessNAS)."""

@@ -1,0 +1,77 @@
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from elastic import Arch, OFAError, get_space, net_macs
+from elastic.spaces import SPACES
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def test_arch_json_round_trip_and_hash():
+    sp = get_space("mbv3-w1.0", n_classes=10)
+    a = sp.sample(random.Random(0))
+    b = Arch.from_json(a.to_json())
+    assert a == b and hash(a) == hash(b)
+    assert isinstance(b.ks, tuple) and len(b.ks) == 20
+
+
+@pytest.mark.parametrize("name", sorted(SPACES))
+def test_sample_mutate_crossover_stay_valid(name):
+    sp = get_space(name, n_classes=10)
+    rng = random.Random(1)
+    for _ in range(50):
+        a, b = sp.sample(rng), sp.sample(rng)
+        sp.validate(sp.mutate(a, rng, prob=0.5))
+        sp.validate(sp.crossover(a, b, rng))
+    assert net_macs(sp.net_spec(sp.largest())) > net_macs(sp.net_spec(sp.smallest()))
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("ks", [3] * 19, "'ks' has 19 entries"),
+    ("ks", [3] * 19 + [9], "'ks'[19] = 9"),
+    ("e", [3] * 19 + [5], "'e'[19] = 5"),
+    ("d", [2, 3, 4, 4, 5], "'d'[4] = 5"),
+    ("d", [2, 3, 4, 4], "'d' has 4 entries"),
+    ("r", 150, "'r' = 150"),
+])
+def test_validation_names_bad_field_and_allowed_values(field, value, needle):
+    sp = get_space("mbv3-w1.0")
+    good = sp.largest().to_dict()
+    good[field] = value
+    with pytest.raises(OFAError) as err:
+        sp.arch_from_dict(good)
+    message = str(err.value)
+    assert needle in message
+    assert "allowed" in message or "needs" in message
+
+
+def test_missing_field_and_non_integer():
+    with pytest.raises(OFAError, match="missing field"):
+        Arch.from_dict({"ks": [3], "e": [3], "d": [2]})
+    with pytest.raises(OFAError, match="integers"):
+        Arch(ks=[3.5], e=[3], d=[2], r=32)
+
+
+def test_unknown_space_lists_known():
+    with pytest.raises(OFAError, match="known spaces: .*mbv3-w1.0"):
+        get_space("resnet50")
+
+
+@pytest.mark.parametrize("name", ["mbv3-w1.0", "mbv3-w1.2", "proxyless-w1.3"])
+def test_net_spec_matches_reference_net_configs(name):
+    path = SHARED / "ofa_reference" / f"{name}.json"
+    if not path.exists():
+        pytest.skip("shared reference data not present")
+    data = json.loads(path.read_text())
+    sp = get_space(name, n_classes=data["n_classes"])
+    for case in data["cases"]:
+        spec = sp.net_spec(Arch(ks=case["ks"], e=case["e"], d=case["d"], r=case["r"]))
+        ref = [(b["conv"]["in_channels"], b["conv"]["out_channels"], b["conv"]["kernel_size"], b["conv"]["stride"],
+                b["conv"]["mid_channels"], b["conv"]["act_func"], b["conv"]["use_se"], b["shortcut"] is not None)
+               for b in case["net_config"]["blocks"]]
+        ours = [(b.in_ch, b.out_ch, b.kernel, b.stride, b.mid_ch, b.act, b.se, b.residual) for b in spec.blocks]
+        assert ours == ref
+        assert spec.feature_mix.out_ch == case["net_config"]["feature_mix_layer"]["out_channels"]
