@@ -1,0 +1,53 @@
+"""`ofa fit-predictor`: measure subnets of a trained run, fit an accuracy predictor, print its quality report."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from elastic.errors import OFAError
+from ofa.cli import app
+
+
+@app.command("fit-predictor")
+def fit_predictor_cmd(
+    run: Path = typer.Option(..., "--run", help="Run directory of a trained supernet."),
+    samples: int = typer.Option(300, "--samples", help="Subnets to measure (the dataset grows to this many)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue / extend an existing acc_dataset.csv."),
+    kinds: str = typer.Option("mlp,gbr,gp,ridge", "--kinds", help="Predictor kinds to choose from by K-fold CV."),
+    folds: int = typer.Option(5, "--folds", help="Cross-validation folds."),
+    holdout: float = typer.Option(0.2, "--holdout", help="Fraction of subnets held out for the report."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the subnet plan and the splits."),
+    calib_images: int = typer.Option(2000, "--calib-images", help="Training images for BN recalibration."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate on at most this many validation images."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda (default: cuda when present)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Collect (resumable) an accuracy dataset from RUN, fit the best predictor, save it under RUN/predictors/."""
+    from ofa.accuracy_data import collect_from_run, dataset_paths
+    from ofa.run_dir import RunDir
+    from predictors.accuracy import KINDS, fit_accuracy_predictor, format_report
+
+    kind_list = [k.strip() for k in kinds.split(",") if k.strip()]
+    bad = [k for k in kind_list if k not in KINDS]
+    if bad or not kind_list:
+        raise OFAError(f"unknown predictor kind(s) {bad or kinds!r}; choose from {', '.join(KINDS)}")
+    if not 0.0 <= holdout < 0.9:
+        raise OFAError(f"--holdout must be in [0, 0.9), got {holdout}")
+    if folds < 2:
+        raise OFAError(f"--folds must be >= 2, got {folds}")
+    rd = RunDir(run)
+    space = rd.load_space()
+    data = collect_from_run(rd.path, samples, seed=seed, resume=resume, calib_images=calib_images, limit=limit,
+                            device=device, progress=not as_json)
+    pred = fit_accuracy_predictor(space, data.archs, data.accuracies, kinds=kind_list, folds=folds, holdout=holdout,
+                                  seed=seed)
+    pred.meta.update({"run": str(rd.path), "dataset": str(dataset_paths(rd.path)[0].name)})
+    out = pred.save(rd.path / "predictors")
+    if as_json:
+        print(json.dumps({"predictor": str(out), **pred.report}, indent=2))
+    else:
+        print(format_report(pred.report))
+        print(f"saved to {out}")

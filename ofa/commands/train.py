@@ -1,0 +1,82 @@
+"""`ofa train`: train a supernet by progressive shrinking (one process, or many under torchrun)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ofa.cli import app
+
+
+@app.command("train")
+def train_cmd(
+    run: Path = typer.Option(Path("checkpoints/default"), "--run", "--run-dir",
+                             help="Run directory (checkpoints, history). Under torchrun write --run-dir: torchrun "
+                                  "reads --run as its own --run-path."),
+    stage: str = typer.Option("all", "--stage", help="full | kernel | depth | expand | all."),
+    data: Optional[str] = typer.Option(None, "--data", help="fashion-mnist | digits | cifar10 | cifar100 | an "
+                                       "ImageFolder path (default: Fashion-MNIST where available, else digits)."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset cache directory."),
+    download: bool = typer.Option(False, "--download", help="Let torchvision download the dataset."),
+    space: Optional[str] = typer.Option(None, "--space", help="Search space (default: mbv3-w1.0-small for <=64px data)."),
+    schedule: str = typer.Option("full", "--schedule", help="full | quick (the under-10-minute CPU schedule)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs of each stage (phase 1 of depth/expand: a quarter)."),
+    full_epochs: Optional[int] = typer.Option(None, "--full-epochs", help="Epochs of the full stage (default: --epochs)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Global batch size."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate of the full stage (later stages scale it)."),
+    opt: str = typer.Option("sgd", "--opt", help="timm optimizer name."),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay"),
+    warmup_epochs: Optional[float] = typer.Option(None, "--warmup-epochs"),
+    label_smoothing: Optional[float] = typer.Option(None, "--label-smoothing"),
+    seed: int = typer.Option(0, "--seed", help="Fixes all randomness (data order, subnets, resolutions)."),
+    n_subnets: int = typer.Option(2, "--n-subnets", help="Subnets sampled per step (elastic stages)."),
+    sandwich: bool = typer.Option(False, "--sandwich", help="Largest + smallest + random subnets each step."),
+    kd_ratio: float = typer.Option(1.0, "--kd-ratio", help="Distillation weight (teacher: the full stage)."),
+    subset: Optional[int] = typer.Option(None, "--subset", help="Train on this many (seeded) training images."),
+    eval_size: Optional[int] = typer.Option(None, "--eval-size", help="Cap val/test images."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="At most this many steps per epoch."),
+    save_every: int = typer.Option(100, "--save-every", help="Checkpoint every K steps."),
+    eval_subnets: Optional[int] = typer.Option(None, "--eval-subnets", help="Random subnets evaluated at stage ends."),
+    eval_split: str = typer.Option("val", "--eval-split", help="val | test for stage-end evaluations."),
+    bn_mode: str = typer.Option("train", "--bn-mode", help="train | frozen (BN statistics frozen while training)."),
+    no_augment: bool = typer.Option(False, "--no-augment", help="No random shifts/flips."),
+    dropout: Optional[float] = typer.Option(None, "--dropout", help="Override the space's dropout."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads."),
+    workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from train_state.pt (its config wins)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Re-train a stage the run already has."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON at the end."),
+) -> None:
+    """Train a once-for-all supernet by progressive shrinking; resumable; DDP under torchrun."""
+    from rich.console import Console
+
+    from ofa.training import TrainConfig, train
+
+    data_cfg = {"name": data}
+    if data_root is not None:
+        data_cfg["root"] = str(data_root)
+    if download:
+        data_cfg["download"] = True
+    if subset is not None:
+        data_cfg["subset_size"] = subset
+    if eval_size is not None:
+        data_cfg["eval_size"] = eval_size
+    if data is None and len(data_cfg) == 1:
+        data_cfg = {}
+    cfg = TrainConfig(
+        run=str(run), stage=stage, space=space, data=data_cfg, schedule=schedule, epochs=epochs,
+        full_epochs=full_epochs, batch_size=batch_size, lr=lr, opt=opt, weight_decay=weight_decay,
+        warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, seed=seed, n_subnets=n_subnets,
+        sandwich=sandwich, kd_ratio=kd_ratio, max_steps=max_steps, save_every=save_every,
+        eval_subnets=eval_subnets, eval_split=eval_split, augment=not no_augment, bn_mode=bn_mode, dropout=dropout,
+        device=device, threads=threads, workers=workers, overwrite=overwrite, progress=not no_progress,
+    )
+    console = Console(stderr=True)
+    summary = train(cfg, resume=resume, log=lambda m: console.print(m, highlight=False, markup=False),
+                    console=console)
+    if as_json:
+        print(json.dumps(summary, indent=2))

@@ -1,0 +1,77 @@
+"""Export a static network to ONNX (checked against ONNX Runtime) and TorchScript (checked against eager)."""
+from __future__ import annotations
+
+import io
+import warnings
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from elastic.errors import OFAError
+
+EXPORT_FORMATS = ("onnx", "torchscript")
+
+
+def parse_exports(text: str | None) -> tuple[str, ...]:
+    if not text:
+        return ()
+    out = tuple(t.strip().lower() for t in text.split(",") if t.strip())
+    bad = [t for t in out if t not in EXPORT_FORMATS]
+    if bad:
+        raise OFAError(f"unknown export format {bad[0]!r}; allowed: {', '.join(EXPORT_FORMATS)} (comma-separated)")
+    return out
+
+
+def _example(net: torch.nn.Module, resolution: int) -> torch.Tensor:
+    channels = getattr(getattr(net, "net_spec", None), "in_channels", 3)
+    return torch.randn(2, channels, resolution, resolution, generator=torch.Generator().manual_seed(0))
+
+
+def export_onnx(net: torch.nn.Module, path: Path, resolution: int, atol: float = 1e-4) -> float:
+    """Write `path` and return the max abs difference between ONNX Runtime and PyTorch outputs."""
+    import onnxruntime as ort
+
+    net = net.eval()
+    x = _example(net, resolution)
+    with torch.no_grad(), warnings.catch_warnings(), redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (x,), str(path), input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17,
+                          dynamo=False)
+        ref = net(x).numpy()
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"input": x.numpy()})[0]
+    diff = float(np.abs(got - ref).max())
+    if diff > atol:
+        raise RuntimeError(f"ONNX export differs from PyTorch by {diff:.2e} (> {atol})")
+    return diff
+
+
+def export_torchscript(net: torch.nn.Module, path: Path, resolution: int, atol: float = 1e-5) -> float:
+    net = net.eval()
+    x = _example(net, resolution)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(net, x)
+        traced.save(str(path))
+        diff = float((torch.jit.load(str(path))(x) - net(x)).abs().max())
+    if diff > atol:
+        raise RuntimeError(f"TorchScript export differs from PyTorch by {diff:.2e} (> {atol})")
+    return diff
+
+
+def export_model(net: torch.nn.Module, folder: Path, formats: tuple[str, ...], resolution: int) -> list[str]:
+    """Export into `folder`; returns the file names written."""
+    written = []
+    for fmt in formats:
+        if fmt == "onnx":
+            export_onnx(net, folder / "model.onnx", resolution)
+            written.append("model.onnx")
+        elif fmt == "torchscript":
+            export_torchscript(net, folder / "model.ts", resolution)
+            written.append("model.ts")
+        else:
+            raise OFAError(f"unknown export format {fmt!r}; allowed: {', '.join(EXPORT_FORMATS)}")
+    return written

@@ -1,0 +1,115 @@
+"""A specialized network on disk: `model.safetensors` + `arch.json` (+ optional `model.onnx`, `model.ts`).
+
+`save_specialized` writes a directory atomically (files land in a temp dir that is renamed into place);
+`load` validates every field of `arch.json` and the weights' keys and shapes before building the net.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from elastic.arch import Arch
+from elastic.errors import OFAError
+from elastic.spaces import space_from_dict
+from elastic.static_net import StaticNet
+
+FORMAT = "ofa-specialized/1"
+REQUIRED_FIELDS = ("format", "space", "arch")
+
+
+def save_specialized(out_dir: str | Path, net: torch.nn.Module, meta: dict[str, Any],
+                     exports: tuple[str, ...] = ()) -> Path:
+    """Write `net` and its metadata into `out_dir` (replacing it whole, atomically)."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"format": FORMAT, **meta}
+    for field in REQUIRED_FIELDS:
+        if field not in meta:
+            raise ValueError(f"specialized metadata lacks '{field}'")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"))
+        files = ["model.safetensors", "arch.json"]
+        if exports:
+            from ofa.export import export_model
+
+            files += export_model(net, tmp, exports, resolution=int(meta["arch"]["r"]))
+        meta["files"] = files
+        (tmp / "arch.json").write_text(json.dumps(meta, indent=2))
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}-{time.time_ns()}")
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def read_meta(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """Find and validate `arch.json` for a specialized-net path (its directory, arch.json or model.safetensors)."""
+    path = Path(path)
+    if not path.exists():
+        raise OFAError(f"no specialized network at '{path}': the path does not exist")
+    folder = path if path.is_dir() else path.parent
+    meta_file = folder / "arch.json"
+    if not meta_file.is_file():
+        raise OFAError(f"'{folder}' holds no arch.json; expected a directory written by `ofa specialize`")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise OFAError(f"'{meta_file}' is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise OFAError(f"'{meta_file}' must hold a JSON object")
+    missing = [f for f in REQUIRED_FIELDS if f not in meta]
+    if missing:
+        raise OFAError(f"'{meta_file}' is missing field(s) {', '.join(missing)}; required: {', '.join(REQUIRED_FIELDS)}")
+    if meta["format"] != FORMAT:
+        raise OFAError(f"'{meta_file}' has format {meta['format']!r}; this version reads {FORMAT!r}")
+    return folder, meta
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> torch.nn.Module:
+    """Load a specialized network: a ready `nn.Module` in eval mode with `.arch` and `.meta`."""
+    folder, meta = read_meta(path)
+    space = space_from_dict(meta["space"])
+    arch = space.validate(Arch.from_dict(meta["arch"]))
+    net = StaticNet(space.net_spec(arch))
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        raise OFAError(f"'{folder}' has arch.json but no model.safetensors")
+    try:
+        state = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise OFAError(f"'{weights}' is not a readable safetensors file ({str(exc).splitlines()[0]})") from None
+    expected = net.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise OFAError(
+            f"'{weights}' does not match arch.json: {len(missing)} missing key(s) (e.g. {missing[:2]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})")
+    for key, tensor in state.items():
+        if tuple(tensor.shape) != tuple(expected[key].shape):
+            raise OFAError(f"'{weights}' does not match arch.json: '{key}' has shape {tuple(tensor.shape)}, "
+                           f"expected {tuple(expected[key].shape)}")
+    net.load_state_dict(state)
+    net.arch = arch
+    net.meta = meta
+    return net.to(map_location).eval()

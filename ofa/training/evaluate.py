@@ -1,0 +1,74 @@
+"""Accuracy of subnets: extract the static net, recalibrate its BN on training images, evaluate a split.
+
+BN statistics accumulated while training a supernet belong to no subnet in particular, so (as in OFA) every
+subnet's BN running statistics are re-estimated on a few training batches at its resolution before it is
+evaluated. The supernet itself is left untouched (the extracted net is a copy).
+"""
+from __future__ import annotations
+
+import random
+from typing import Any, Sequence
+
+import torch
+
+from elastic.arch import Arch
+from elastic.spaces import SpaceSpec
+from ofa.data import DataBundle
+
+
+def calibration_batches(bundle: DataBundle, resolution: int, n_images: int, batch_size: int = 250,
+                        device: torch.device | str = "cpu", seed: int = 0) -> list[torch.Tensor]:
+    """The first `n_images` of a seeded shuffle of the training split, normalized, at `resolution`."""
+    n_images = min(n_images, len(bundle.train))
+    out, seen = [], 0
+    for x, _ in bundle.loader("train", batch_size=min(batch_size, n_images), resolution=resolution, shuffle=True,
+                              seed=seed):
+        out.append(x[: n_images - seen].to(device))
+        seen += len(out[-1])
+        if seen >= n_images:
+            break
+    return out
+
+
+@torch.no_grad()
+def accuracy(net: torch.nn.Module, bundle: DataBundle, split: str, resolution: int, batch_size: int = 500,
+             device: torch.device | str = "cpu", limit: int | None = None) -> float:
+    net.eval()
+    correct = total = 0
+    for x, y in bundle.loader(split, batch_size=batch_size, resolution=resolution, limit=limit):
+        pred = net(x.to(device)).argmax(1).cpu()
+        correct += int((pred == y).sum())
+        total += len(y)
+    return correct / max(total, 1)
+
+
+def evaluate_arch(supernet, arch: Arch, bundle: DataBundle, split: str = "val", calib_images: int = 2000,
+                  device: torch.device | str = "cpu", limit: int | None = None,
+                  _calib_cache: dict | None = None) -> float:
+    from elastic.bn_calibration import recalibrate_bn
+
+    net = supernet.extract(arch).to(device)
+    cache = {} if _calib_cache is None else _calib_cache
+    if arch.r not in cache:
+        cache[arch.r] = calibration_batches(bundle, arch.r, calib_images, device=device)
+    recalibrate_bn(net, cache[arch.r])
+    return accuracy(net, bundle, split, arch.r, device=device, limit=limit)
+
+
+def subnets_to_report(space: SpaceSpec, n_random: int, seed: int = 0) -> list[tuple[str, Arch]]:
+    """Largest, smallest and `n_random` random subnets (seeded: the same archs at every stage end)."""
+    rng = random.Random(seed)
+    out = [("largest", space.largest()), ("smallest", space.smallest())]
+    out += [(f"random{i}", space.sample(rng)) for i in range(n_random)]
+    return out
+
+
+def evaluate_subnets(supernet, space: SpaceSpec, bundle: DataBundle, archs: Sequence[tuple[str, Arch]],
+                     split: str = "val", calib_images: int = 2000, device: torch.device | str = "cpu",
+                     limit: int | None = None) -> list[dict[str, Any]]:
+    cache: dict = {}
+    rows = []
+    for name, arch in archs:
+        acc = evaluate_arch(supernet, arch, bundle, split, calib_images, device, limit, cache)
+        rows.append({"name": name, "arch": arch.to_dict(), "summary": arch.summary(), "acc": acc})
+    return rows

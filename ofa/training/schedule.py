@@ -1,0 +1,176 @@
+"""Progressive-shrinking stages and phases, and the training configuration with per-dataset defaults.
+
+Stages as in OFA (Cai et al. 2020): `full` trains the largest subnet (it becomes the KD teacher); `kernel` makes
+kernel sizes elastic; `depth` adds elastic depth (phase 1: depths {4, 3}, phase 2: {4, 3, 2}); `expand` adds
+elastic expand ratios (phase 1: {6, 4}, phase 2: {6, 4, 3}), after re-sorting channels by importance. The
+resolution is elastic throughout: every step draws one of the space's resolutions.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from elastic.errors import OFAError
+from elastic.spaces import SpaceSpec
+
+STAGES = ("full", "kernel", "depth", "expand")
+SCHEDULES = ("quick", "full")
+
+
+@dataclass(frozen=True)
+class Phase:
+    stage: str
+    index: int                 # 1-based phase number within the stage
+    ks: tuple[int, ...]        # allowed choices while training this phase
+    e: tuple[int, ...]
+    d: tuple[int, ...]
+    epoch_share: float         # epochs = max(1, round(share * stage epochs))
+    lr_factor: float           # relative to the base learning rate (the `full` stage's)
+
+    @property
+    def name(self) -> str:
+        return self.stage if self.index == 1 and self.stage in ("full", "kernel") else f"{self.stage}/{self.index}"
+
+
+def stage_phases(stage: str, space: SpaceSpec) -> list[Phase]:
+    """The phases of `stage` for `space` (choice lists restricted as progressive shrinking prescribes)."""
+    K, E, D = sorted(space.ks_choices), sorted(space.e_choices), sorted(space.d_choices)
+    kmax, emax, dmax = (max(K),), (max(E),), (max(D),)
+    if stage == "full":
+        return [Phase("full", 1, kmax, emax, dmax, 1.0, 1.0)]
+    if stage == "kernel":
+        return [Phase("kernel", 1, tuple(K), emax, dmax, 1.0, 0.3)]
+    if stage == "depth":
+        return [Phase("depth", 1, tuple(K), emax, tuple(D[-2:]), 0.25, 0.08),
+                Phase("depth", 2, tuple(K), emax, tuple(D), 1.0, 0.25)]
+    if stage == "expand":
+        return [Phase("expand", 1, tuple(K), tuple(E[-2:]), tuple(D), 0.25, 0.08),
+                Phase("expand", 2, tuple(K), tuple(E), tuple(D), 1.0, 0.25)]
+    raise OFAError(f"unknown stage '{stage}'; allowed: {', '.join(STAGES)} or all")
+
+
+def stages_for(stage: str) -> list[str]:
+    if stage == "all":
+        return list(STAGES)
+    if stage not in STAGES:
+        raise OFAError(f"unknown stage '{stage}'; allowed: {', '.join(STAGES)}, all")
+    return [stage]
+
+
+def previous_stage(stage: str) -> str | None:
+    i = STAGES.index(stage)
+    return STAGES[i - 1] if i > 0 else None
+
+
+# Defaults: (epochs of the `full` stage, epochs of each later stage, global batch, base lr per 256 images,
+# weight decay, warmup epochs, label smoothing, training subset size, eval images) per schedule.
+_SCHEDULE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "full": dict(full_epochs=40, stage_epochs=20, batch_size=256, lr=0.15, weight_decay=5e-5, warmup_epochs=1.0,
+                 label_smoothing=0.1, subset_size=None, eval_size=None, calib_images=2000, eval_subnets=4),
+    # the under-10-minute CPU schedule (2 cores): a 12k-image subset, one epoch per phase
+    "quick": dict(full_epochs=3, stage_epochs=1, batch_size=128, lr=0.2, weight_decay=5e-5, warmup_epochs=0.2,
+                  label_smoothing=0.1, subset_size=12000, eval_size=2000, calib_images=500, eval_subnets=2),
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on (plain values: stored in train_state.pt for --resume)."""
+    run: str
+    stage: str = "all"
+    space: str | None = None              # default: mbv3-w1.0-small for <= 64 px data, else mbv3-w1.0
+    data: dict[str, Any] = field(default_factory=dict)   # ofa.data.get_data keyword arguments
+    schedule: str = "full"
+    epochs: int | None = None             # epochs of each stage (phase 1 of depth/expand gets a quarter)
+    full_epochs: int | None = None        # epochs of the `full` stage (default: `epochs` or the schedule's)
+    batch_size: int | None = None         # global batch (all processes together)
+    lr: float | None = None               # base learning rate of the `full` stage at this batch size
+    opt: str = "sgd"                      # timm optimizer name (sgd = nesterov momentum)
+    momentum: float = 0.9
+    weight_decay: float | None = None
+    warmup_epochs: float | None = None
+    min_lr_ratio: float = 0.01
+    label_smoothing: float | None = None
+    seed: int = 0
+    n_subnets: int = 2                    # subnets sampled per step in the elastic stages (full: always 1)
+    sandwich: bool = False                # largest + smallest + (n_subnets - 2) random
+    kd_ratio: float = 1.0                 # weight of the distillation loss from the `full` checkpoint
+    max_steps: int | None = None          # cap on steps per epoch (tiny tests)
+    save_every: int = 100                 # checkpoint every K steps (and at every epoch end)
+    eval_subnets: int | None = None       # random subnets evaluated at each stage end (+ largest, smallest)
+    eval_split: str = "val"
+    calib_images: int | None = None       # training images for BN recalibration before an evaluation
+    eval_every: int = 1                   # validate the largest subnet every N epochs (0: never)
+    augment: bool = True
+    bn_mode: str = "train"                # "train" or "frozen" (BN kept in eval mode while training)
+    dropout: float | None = None          # override the space's dropout
+    device: str = "auto"
+    threads: int | None = None
+    workers: int = 0
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise OFAError(f"unknown schedule '{self.schedule}'; allowed: {', '.join(SCHEDULES)}")
+        stages_for(self.stage)
+        if self.bn_mode not in ("train", "frozen"):
+            raise OFAError(f"bn mode must be 'train' or 'frozen', got {self.bn_mode!r}")
+        if self.eval_split not in ("val", "test"):
+            raise OFAError(f"eval split must be 'val' or 'test', got {self.eval_split!r}")
+        for name in ("epochs", "full_epochs", "batch_size", "max_steps"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise OFAError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+        if self.n_subnets < 1:
+            raise OFAError(f"--n-subnets must be >= 1, got {self.n_subnets}")
+        if self.sandwich and self.n_subnets < 2:
+            raise OFAError("--sandwich needs --n-subnets >= 2 (largest + smallest + random ones)")
+        if self.save_every < 1:
+            raise OFAError(f"--save-every must be >= 1, got {self.save_every}")
+        if self.lr is not None and self.lr <= 0:
+            raise OFAError(f"--lr must be > 0, got {self.lr}")
+        if self.kd_ratio < 0:
+            raise OFAError(f"--kd-ratio must be >= 0, got {self.kd_ratio}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    # ---- resolved values (defaults filled from the schedule) ------------------------------------------
+    def default(self, name: str) -> Any:
+        return _SCHEDULE_DEFAULTS[self.schedule][name]
+
+    def resolved(self, name: str) -> Any:
+        v = getattr(self, name, None)
+        return self.default(name) if v is None else v
+
+    def epochs_for(self, phase: Phase) -> int:
+        if phase.stage == "full":
+            n = self.full_epochs or self.epochs or self.default("full_epochs")
+        else:
+            n = self.epochs or self.default("stage_epochs")
+        return max(1, round(phase.epoch_share * n))
+
+    def base_lr(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return self.default("lr") * self.resolved("batch_size") / 256
+
+    def subnets_per_step(self, stage: str) -> int:
+        return 1 if stage == "full" else self.n_subnets
+
+    def data_kwargs(self) -> dict[str, Any]:
+        """get_data arguments: the schedule's subset/eval sizes unless the data config sets them."""
+        out = dict(self.data)
+        out.setdefault("subset_size", self.default("subset_size"))
+        out.setdefault("eval_size", self.default("eval_size"))
+        return out
+
+
+def default_space_name(native_res: int) -> str:
+    return "mbv3-w1.0-small" if native_res <= 64 else "mbv3-w1.0"

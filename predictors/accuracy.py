@@ -1,0 +1,389 @@
+"""Accuracy predictors: arch -> predicted top-1 accuracy (a fraction), batched.
+
+Four kinds, one class (`AccuracyPredictor`):
+- `mlp`   OFA's predictor shape: an MLP with ReLUs on the one-hot encoding (`predictors.encoding.OneHotEncoding`),
+          trained with torch; inference is plain numpy matmuls (fast on batches, no autograd).
+- `gbr`   scikit-learn gradient boosting on the dense `rich_features` plus the one-hot.
+- `gp`    scikit-learn Gaussian process (constant * RBF with one length scale per feature + white noise) on
+          the standardized `rich_features`.
+- `ridge` scikit-learn ridge regression on `rich_features` plus the one-hot.
+`fit_accuracy_predictor` holds out part of the data, picks the kind by K-fold cross-validation on the rest
+(mean Kendall tau across folds, RMSE breaks ties), reports RMSE / Kendall tau / top-k hit rate of the chosen kind
+on the held-out part, then refits it on all rows for the returned predictor.
+
+Files (`save(dir)` / `load(dir)`), never pickle:
+- `accuracy_predictor.json`: kind, space, encoding, hyperparameters, report, and for the scikit-learn kinds the
+  exact feature matrix and targets they were fit on plus the fitted hyperparameters (the GP's optimized kernel).
+  Loading refits the scikit-learn model deterministically from those (fixed seeds; the GP with its optimizer off,
+  so it only solves one linear system) and checks the refit against predictions stored at save time. We chose
+  this over serializing estimator internals: the file stays small, readable JSON and survives scikit-learn
+  upgrades; a refit takes well under a second at the dataset sizes involved (hundreds to a few thousand rows).
+- `accuracy_predictor.safetensors`: the MLP's weights (mlp kind only).
+- `accuracy_report.json`: the quality report alone, for people and other tools.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from elastic.arch import Arch
+from elastic.errors import OFAError
+from elastic.spaces import SpaceSpec, space_from_dict
+from predictors.encoding import OneHotEncoding, arch_arrays, rich_features
+
+KINDS = ("mlp", "gbr", "gp", "ridge")
+FORMAT = "ofa-accuracy-predictor"
+JSON_NAME = "accuracy_predictor.json"
+WEIGHTS_NAME = "accuracy_predictor.safetensors"
+REPORT_NAME = "accuracy_report.json"
+
+DEFAULT_HP: dict[str, dict[str, Any]] = {
+    "mlp": {"hidden": [128, 128, 128], "steps": 600, "lr": 3e-3, "weight_decay": 1e-4, "seed": 0},
+    "gbr": {"n_estimators": 400, "learning_rate": 0.05, "max_depth": 3, "subsample": 0.8, "seed": 0},
+    "gp": {"max_rows": 1500, "seed": 0},
+    "ridge": {"alpha": 1.0},
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# metrics
+def kendall_tau(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    from scipy.stats import kendalltau
+
+    if len(y_true) < 2:
+        return float("nan")
+    tau = kendalltau(y_true, y_pred).statistic
+    return float(tau) if tau == tau else 0.0  # constant predictions -> nan -> no ranking ability
+
+
+def topk_hit_rate(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> float:
+    """Fraction of the truly best k that the predictor also ranks in its best k."""
+    k = max(1, min(k, len(y_true)))
+    true_top = set(np.argsort(-np.asarray(y_true), kind="stable")[:k].tolist())
+    pred_top = set(np.argsort(-np.asarray(y_pred), kind="stable")[:k].tolist())
+    return len(true_top & pred_top) / k
+
+
+def quality(y_true: Sequence[float], y_pred: Sequence[float], top_fraction: float = 0.1) -> dict[str, float]:
+    y_true, y_pred = np.asarray(y_true, dtype=np.float64), np.asarray(y_pred, dtype=np.float64)
+    k = max(1, int(round(top_fraction * len(y_true))))
+    return {
+        "n": int(len(y_true)),
+        "rmse": float(np.sqrt(np.mean((y_true - y_pred) ** 2))),
+        "mae": float(np.mean(np.abs(y_true - y_pred))),
+        "kendall_tau": kendall_tau(y_true, y_pred),
+        "topk_k": k,
+        "topk_hit_rate": topk_hit_rate(y_true, y_pred, k),
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# the MLP (torch to train, numpy to predict)
+def _mlp_forward(layers: list[tuple[np.ndarray, np.ndarray]], x: np.ndarray) -> np.ndarray:
+    h = x
+    for i, (w, b) in enumerate(layers):
+        h = h @ w.T + b
+        if i < len(layers) - 1:
+            np.maximum(h, 0.0, out=h)
+    return h[:, 0]
+
+
+def _train_mlp(x: np.ndarray, y: np.ndarray, hp: dict[str, Any]) -> list[tuple[np.ndarray, np.ndarray]]:
+    import torch
+    from torch import nn
+
+    gen = torch.Generator().manual_seed(int(hp["seed"]))
+    dims = [x.shape[1], *hp["hidden"], 1]
+    mods: list[nn.Module] = []
+    for i in range(len(dims) - 1):
+        lin = nn.Linear(dims[i], dims[i + 1])
+        with torch.no_grad():  # seeded init independent of the global RNG
+            bound = 1.0 / math.sqrt(dims[i])
+            lin.weight.uniform_(-bound, bound, generator=gen)
+            lin.bias.uniform_(-bound, bound, generator=gen)
+        mods += [lin, nn.ReLU()]
+    net = nn.Sequential(*mods[:-1])
+    xt, yt = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.float32))
+    opt = torch.optim.Adam(net.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
+    steps = int(hp["steps"])
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp["lr"], total_steps=steps, pct_start=0.1)
+    batch = min(256, len(xt))
+    for _ in range(steps):
+        idx = torch.randint(0, len(xt), (batch,), generator=gen)
+        loss = torch.mean((net(xt[idx]).squeeze(1) - yt[idx]) ** 2)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    lins = [m for m in net if isinstance(m, nn.Linear)]
+    return [(m.weight.detach().numpy().copy(), m.bias.detach().numpy().copy()) for m in lins]
+
+
+# ------------------------------------------------------------------------------------------------
+# scikit-learn models
+def _make_sklearn(kind: str, hp: dict[str, Any], n_features: int):
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if kind == "gbr":
+        from sklearn.ensemble import GradientBoostingRegressor
+
+        return GradientBoostingRegressor(n_estimators=hp["n_estimators"], learning_rate=hp["learning_rate"],
+                                         max_depth=hp["max_depth"], subsample=hp["subsample"], random_state=hp["seed"])
+    if kind == "ridge":
+        from sklearn.linear_model import Ridge
+
+        return make_pipeline(StandardScaler(), Ridge(alpha=hp["alpha"]))
+    if kind == "gp":
+        from sklearn.gaussian_process import GaussianProcessRegressor
+        from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
+
+        theta = hp.get("theta")
+        kernel = (ConstantKernel(1.0, (1e-3, 1e3)) * RBF(np.full(n_features, 3.0), (1e-2, 1e3))
+                  + WhiteKernel(0.1, (1e-6, 1.0)))
+        if theta is not None:  # refit with the stored optimized hyperparameters, no optimizer run
+            kernel = kernel.clone_with_theta(np.asarray(theta, dtype=np.float64))
+            return make_pipeline(StandardScaler(), GaussianProcessRegressor(kernel, optimizer=None, normalize_y=True))
+        return make_pipeline(StandardScaler(), GaussianProcessRegressor(kernel, normalize_y=True, random_state=hp["seed"]))
+    raise OFAError(f"unknown accuracy predictor kind '{kind}'; known kinds: {', '.join(KINDS)}")
+
+
+def _features(kind: str, space: SpaceSpec, archs: Sequence[Arch], enc: OneHotEncoding) -> np.ndarray:
+    if kind == "mlp":
+        return enc.encode_arrays(arch_arrays(space, archs))
+    rich = rich_features(space, archs)
+    if kind == "gp":
+        return rich
+    return np.concatenate([rich, enc.encode_arrays(arch_arrays(space, archs))], axis=1)
+
+
+# ------------------------------------------------------------------------------------------------
+class AccuracyPredictor:
+    """Predicts top-1 accuracy (fraction) for batches of archs of one space. Build with `fit` or `load`."""
+
+    def __init__(self, kind: str, space: SpaceSpec, encoding: OneHotEncoding, hp: dict[str, Any],
+                 *, layers: list[tuple[np.ndarray, np.ndarray]] | None = None, y_mean: float = 0.0,
+                 y_std: float = 1.0, model: Any = None, train_x: np.ndarray | None = None,
+                 train_y: np.ndarray | None = None, report: dict[str, Any] | None = None,
+                 meta: dict[str, Any] | None = None) -> None:
+        if kind not in KINDS:
+            raise OFAError(f"unknown accuracy predictor kind '{kind}'; known kinds: {', '.join(KINDS)}")
+        self.kind, self.space, self.encoding, self.hp = kind, space, encoding, dict(hp)
+        self.layers, self.y_mean, self.y_std, self.model = layers, float(y_mean), float(y_std), model
+        self.train_x, self.train_y = train_x, train_y
+        self.report: dict[str, Any] = dict(report or {})
+        self.meta: dict[str, Any] = dict(meta or {})
+
+    # ---- fitting -----------------------------------------------------------------------------
+    @classmethod
+    def fit(cls, space: SpaceSpec, archs: Sequence[Arch], accs: Sequence[float], kind: str = "gbr",
+            **hp: Any) -> "AccuracyPredictor":
+        if kind not in KINDS:
+            raise OFAError(f"unknown accuracy predictor kind '{kind}'; known kinds: {', '.join(KINDS)}")
+        archs, y = list(archs), np.asarray(accs, dtype=np.float64)
+        if len(archs) != len(y) or len(archs) < 4:
+            raise OFAError(f"need at least 4 (arch, accuracy) pairs of equal count to fit a predictor, got {len(archs)} archs and {len(y)} accuracies")
+        params = {**DEFAULT_HP[kind], **hp}
+        enc = OneHotEncoding.for_space(space)
+        x = _features(kind, space, archs, enc)
+        return cls._fit_xy(kind, space, enc, params, x, y)
+
+    @classmethod
+    def _fit_xy(cls, kind: str, space: SpaceSpec, enc: OneHotEncoding, params: dict[str, Any], x: np.ndarray,
+                y: np.ndarray) -> "AccuracyPredictor":
+        if kind == "mlp":
+            mean, std = float(y.mean()), float(y.std() or 1.0)
+            layers = _train_mlp(x, (y - mean) / std, params)
+            return cls(kind, space, enc, params, layers=layers, y_mean=mean, y_std=std)
+        if kind == "gp" and len(y) > params["max_rows"]:  # exact GP is cubic in rows: fit on a seeded subset
+            keep = np.random.default_rng(params["seed"]).choice(len(y), params["max_rows"], replace=False)
+            x, y = x[np.sort(keep)], y[np.sort(keep)]
+        model = _make_sklearn(kind, params, x.shape[1])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # GP optimizer convergence chatter
+            model.fit(x, y)
+        if kind == "gp" and "theta" not in params:
+            params = {**params, "theta": model[-1].kernel_.theta.tolist()}
+        return cls(kind, space, enc, params, model=model, train_x=x, train_y=y)
+
+    # ---- prediction --------------------------------------------------------------------------
+    def predict(self, archs: Sequence[Arch]) -> np.ndarray:
+        archs = list(archs)
+        if not archs:
+            return np.zeros(0)
+        x = _features(self.kind, self.space, archs, self.encoding)
+        return self.predict_features(x)
+
+    def predict_features(self, x: np.ndarray) -> np.ndarray:
+        if self.kind == "mlp":
+            return _mlp_forward(self.layers, x.astype(np.float32)).astype(np.float64) * self.y_std + self.y_mean
+        return np.asarray(self.model.predict(x), dtype=np.float64)
+
+    def predict_one(self, arch: Arch) -> float:
+        return float(self.predict([arch])[0])
+
+    # ---- persistence -------------------------------------------------------------------------
+    def save(self, directory: str | os.PathLike) -> Path:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        doc: dict[str, Any] = {
+            "format": FORMAT, "version": 1, "kind": self.kind, "space": self.space.to_dict(),
+            "encoding": self.encoding.to_dict(), "hyperparameters": self.hp, "report": self.report, "meta": self.meta,
+        }
+        if self.kind == "mlp":
+            from safetensors.numpy import save
+
+            tensors = {}
+            for i, (w, b) in enumerate(self.layers):
+                tensors[f"layers.{i}.weight"], tensors[f"layers.{i}.bias"] = w, b
+            doc["target"] = {"mean": self.y_mean, "std": self.y_std}
+            _atomic_write(d / WEIGHTS_NAME, save({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()},
+                                                 metadata={"format": FORMAT, "kind": "mlp"}))
+        else:
+            doc["train"] = {"x": self.train_x.tolist(), "y": self.train_y.tolist()}
+            probe = self.train_x[: min(16, len(self.train_x))]
+            doc["check"] = {"rows": len(probe), "pred": self.predict_features(probe).tolist()}
+        _atomic_write(d / JSON_NAME, json.dumps(doc).encode())
+        _atomic_write(d / REPORT_NAME, json.dumps(self.report, indent=2).encode())
+        return d
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> "AccuracyPredictor":
+        d = Path(directory)
+        path = d / JSON_NAME if d.is_dir() else d
+        if not path.is_file():
+            raise OFAError(f"no accuracy predictor at {directory}: expected {JSON_NAME} (written by `ofa fit-predictor`)")
+        try:
+            doc = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise OFAError(f"{path} is not a valid accuracy predictor file: {exc}") from None
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("kind") not in KINDS:
+            raise OFAError(f"{path} is not an accuracy predictor file (expected format '{FORMAT}' and a kind in {list(KINDS)})")
+        try:
+            space = space_from_dict(doc["space"])
+            enc = OneHotEncoding.from_dict(doc["encoding"])
+            kind, hp = doc["kind"], dict(doc["hyperparameters"])
+            if kind == "mlp":
+                from safetensors import SafetensorError
+                from safetensors.numpy import load_file
+
+                wpath = path.parent / WEIGHTS_NAME
+                try:
+                    t = load_file(str(wpath))
+                except (FileNotFoundError, SafetensorError, OSError) as exc:
+                    raise OFAError(f"cannot read MLP weights {wpath}: {exc}") from None
+                n = len(hp["hidden"]) + 1
+                layers = [(t[f"layers.{i}.weight"], t[f"layers.{i}.bias"]) for i in range(n)]
+                pred = cls(kind, space, enc, hp, layers=layers, y_mean=doc["target"]["mean"],
+                           y_std=doc["target"]["std"], report=doc.get("report"), meta=doc.get("meta"))
+                if layers[0][0].shape[1] != enc.n_features:
+                    raise OFAError(f"MLP weights in {wpath} expect {layers[0][0].shape[1]} inputs, the encoding gives {enc.n_features}")
+                return pred
+            x = np.asarray(doc["train"]["x"], dtype=np.float64)
+            y = np.asarray(doc["train"]["y"], dtype=np.float64)
+            pred = cls._fit_xy(kind, space, enc, hp, x, y)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise OFAError(f"{path} is a damaged accuracy predictor file ({type(exc).__name__}: {exc})") from None
+        pred.report, pred.meta = dict(doc.get("report") or {}), dict(doc.get("meta") or {})
+        check = doc.get("check")
+        if check:
+            again = pred.predict_features(x[: check["rows"]])
+            if not np.allclose(again, check["pred"], atol=1e-6):
+                warnings.warn(f"refit of {kind} predictor from {path} differs from the saved predictions by up to "
+                              f"{np.abs(again - check['pred']).max():.2e} (different scikit-learn version?)", stacklevel=2)
+        return pred
+
+    def __repr__(self) -> str:
+        tau = self.report.get("holdout", {}).get("kendall_tau")
+        return f"AccuracyPredictor(kind={self.kind!r}, space={self.space.name!r}" + (f", holdout_tau={tau:.3f})" if tau is not None else ")")
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# ------------------------------------------------------------------------------------------------
+def fit_accuracy_predictor(space: SpaceSpec, archs: Sequence[Arch], accs: Sequence[float],
+                           kinds: Sequence[str] = KINDS, folds: int = 5, holdout: float = 0.2, seed: int = 0,
+                           progress: Any = None, hp: dict[str, dict[str, Any]] | None = None) -> AccuracyPredictor:
+    """Hold out `holdout` of the rows, choose a kind by `folds`-fold CV on the rest, report held-out quality,
+    return the chosen kind refit on all rows (its `.report` has the CV table and the held-out metrics).
+    `hp` overrides hyperparameters per kind, e.g. {"mlp": {"steps": 200}}."""
+    from sklearn.model_selection import KFold
+
+    archs, y = list(archs), np.asarray(accs, dtype=np.float64)
+    for k in kinds:
+        if k not in KINDS:
+            raise OFAError(f"unknown accuracy predictor kind '{k}'; known kinds: {', '.join(KINDS)}")
+    n = len(archs)
+    if n != len(y):
+        raise OFAError(f"got {n} archs but {len(y)} accuracies")
+    n_hold = int(round(holdout * n))
+    if n - n_hold < max(2 * folds, 10) or n_hold < (4 if holdout > 0 else 0):
+        raise OFAError(f"{n} measured subnets are too few to fit and check an accuracy predictor; collect at least "
+                       f"{max(2 * folds, 10) + 4 + int(holdout * 20)} (e.g. `ofa fit-predictor --samples 200`)")
+    params = {k: {**DEFAULT_HP[k], **((hp or {}).get(k) or {})} for k in kinds}
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n)
+    hold_idx, train_idx = np.sort(perm[:n_hold]), np.sort(perm[n_hold:])
+    enc = OneHotEncoding.for_space(space)
+    feats = {k: _features(k, space, archs, enc) for k in kinds}   # features once per kind, sliced per fold
+
+    cv: dict[str, dict[str, float]] = {}
+    kf = KFold(n_splits=folds, shuffle=True, random_state=seed)
+    for kind in kinds:
+        x = feats[kind][train_idx]
+        yt = y[train_idx]
+        pred = np.zeros(len(yt))
+        taus = []
+        for tr, te in kf.split(x):
+            m = AccuracyPredictor._fit_xy(kind, space, enc, dict(params[kind]), x[tr], yt[tr])
+            pred[te] = m.predict_features(x[te])
+            taus.append(kendall_tau(yt[te], pred[te]))
+            if progress is not None:
+                progress(kind)
+        cv[kind] = {"rmse": float(np.sqrt(np.mean((pred - yt) ** 2))), "kendall_tau": float(np.mean(taus))}
+    chosen = max(kinds, key=lambda k: (round(cv[k]["kendall_tau"], 3), -cv[k]["rmse"]))
+
+    report: dict[str, Any] = {"chosen": chosen, "n_rows": n, "n_train": int(len(train_idx)), "n_holdout": int(n_hold),
+                              "folds": folds, "seed": seed, "cv": cv}
+    if n_hold:
+        m = AccuracyPredictor._fit_xy(chosen, space, enc, dict(params[chosen]), feats[chosen][train_idx], y[train_idx])
+        report["holdout"] = quality(y[hold_idx], m.predict_features(feats[chosen][hold_idx]))
+    final = AccuracyPredictor._fit_xy(chosen, space, enc, dict(params[chosen]), feats[chosen], y)
+    report["final_fit"] = "all rows (held-out metrics come from the same kind fit without the held-out rows)"
+    final.report = report
+    return final
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = [f"accuracy predictor: {report.get('chosen')} ({report.get('n_rows')} subnets, "
+             f"{report.get('folds')}-fold CV on {report.get('n_train')}, {report.get('n_holdout')} held out)"]
+    for k, v in report.get("cv", {}).items():
+        mark = "*" if k == report.get("chosen") else " "
+        lines.append(f" {mark} {k:<6} CV rmse {100 * v['rmse']:.3f} pts  CV kendall tau {v['kendall_tau']:.3f}")
+    h = report.get("holdout")
+    if h:
+        lines.append(f"   held out: rmse {100 * h['rmse']:.3f} pts, kendall tau {h['kendall_tau']:.3f}, "
+                     f"top-{h['topk_k']} hit rate {h['topk_hit_rate']:.2f}")
+    return "\n".join(lines)

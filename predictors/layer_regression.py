@@ -1,0 +1,53 @@
+"""Per-layer linear latency model over shape features (MACs by op, activation traffic, stride, SE, h-swish).
+
+latency(layer) = coef . features(layer), with non-negative coefficients. Because the model is linear per
+layer, a network's latency is coef . (sum of its layers' features), so the same model is fit either on
+single-layer entries of a lookup table or on whole-network measurements, and it generalizes to shapes,
+widths and resolutions no table holds. Fits minimize relative error (rows weighted by 1/latency).
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import nnls
+
+from predictors.layers import FEATURE_INDEX, FEATURES, N_FEATURES, Layer, features_matrix
+
+
+class LayerRegression:
+    def __init__(self, coef: np.ndarray | list[float]):
+        coef = np.asarray(coef, dtype=float)
+        if coef.shape != (N_FEATURES,):
+            raise ValueError(f"expected {N_FEATURES} coefficients, got {coef.shape}")
+        self.coef = coef
+
+    def predict_layers(self, layers: list[Layer]) -> np.ndarray:
+        return features_matrix(layers) @ self.coef
+
+    def to_dict(self) -> dict[str, float]:
+        return {name: float(c) for name, c in zip(FEATURES, self.coef)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LayerRegression":
+        unknown = set(data) - set(FEATURES)
+        if unknown:
+            raise ValueError(f"unknown regression features {sorted(unknown)}")
+        return cls([float(data.get(name, 0.0)) for name in FEATURES])
+
+
+def fit_relative(X: np.ndarray, y: np.ndarray, columns: list[str] | None = None,
+                 fixed: np.ndarray | None = None) -> np.ndarray:
+    """Non-negative least squares on relative error: min sum ((X c + fixed - y) / y)^2 over `columns` only.
+
+    Returns a full coefficient vector (zeros outside `columns`). `fixed` is a per-row latency already
+    accounted for (e.g. layers priced by a table) that the fitted part adds to.
+    """
+    X, y = np.asarray(X, float), np.asarray(y, float)
+    idx = [FEATURE_INDEX[c] for c in columns] if columns is not None else list(range(N_FEATURES))
+    # scale columns to unit size so NNLS is well conditioned
+    A = X[:, idx] / y[:, None]
+    scale = np.maximum(np.abs(A).max(axis=0), 1e-12)
+    target = (y - (0 if fixed is None else np.asarray(fixed, float))) / y
+    sol, _ = nnls(A / scale, target, maxiter=50 * len(idx) + 100)
+    coef = np.zeros(N_FEATURES)
+    coef[idx] = sol / scale
+    return coef

@@ -1,0 +1,169 @@
+"""Measure real latency on this machine and fit a `measured` device profile from it.
+
+Networks are built from their NetSpec (`elastic.static_net.StaticNet` when available), run at batch 1 with
+ONNX Runtime (default on CPU) or PyTorch (CPU or CUDA), warmed up, then timed in interleaved rounds (every
+network once per round, so slow drifts of a shared machine hit all of them alike); a network's latency is
+the median over all its timed runs. The per-layer regression is fit on whole-network medians (a per-layer
+linear model sums to a linear model of the summed features) and checked on fresh networks it never saw.
+"""
+from __future__ import annotations
+
+import io
+import random
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+
+from elastic.errors import OFAError
+from elastic.netspec import NetSpec
+from elastic.spaces import SpaceSpec
+from predictors.layer_regression import LayerRegression, fit_relative
+from predictors.layers import net_features
+from predictors.profiles import Profile
+
+RUNTIMES = ("onnxruntime", "torch")
+
+
+def build_module(net: NetSpec):
+    """A plain eval-mode nn.Module for `net` (weights random: only speed matters here)."""
+    try:
+        from elastic.static_net import StaticNet
+    except ImportError:  # the static network builder is not there yet: a shape-faithful stand-in
+        from predictors._timing_net import TimingNet as StaticNet
+    return StaticNet(net).eval()
+
+
+class _Runner:
+    def __init__(self, net: NetSpec, runtime: str, threads: int, device: str):
+        import torch
+
+        self.ms: list[float] = []       # every timed run
+        self.round_min: list[float] = []  # fastest run of each round
+        model = build_module(net)
+        x = torch.randn(1, net.in_channels, net.resolution, net.resolution)
+        if runtime == "torch":
+            dev = torch.device(device)
+            model, x = model.to(dev), x.to(dev)
+            sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+            def run():
+                with torch.inference_mode():
+                    model(x)
+                sync()
+            self.run = run
+        else:
+            import onnxruntime as ort
+
+            buf = io.BytesIO()
+            with torch.no_grad():
+                torch.onnx.export(model, (x,), buf, input_names=["x"], output_names=["y"], dynamo=False,
+                                  opset_version=17)
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = threads
+            so.inter_op_num_threads = 1
+            so.log_severity_level = 3
+            providers = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+            sess = ort.InferenceSession(buf.getvalue(), so, providers=providers)
+            feed = {"x": x.numpy()}
+            self.run = lambda: sess.run(None, feed)
+
+
+def measure_nets(nets: Sequence[NetSpec], runtime: str = "onnxruntime", threads: int = 1, device: str = "cpu",
+                 warmup: int = 5, repeats: int = 3, rounds: int = 10,
+                 progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """Batch-1 latency (ms) of each network: timed in `rounds` interleaved rounds of `repeats` runs; the median
+    over rounds of each round's fastest run.
+
+    Many short rounds spread every network's runs over the whole session, so load from other processes on a
+    shared machine shifts all networks alike instead of whichever happened to run during a busy second.
+    """
+    if runtime not in RUNTIMES:
+        raise OFAError(f"unknown runtime '{runtime}'; allowed: {', '.join(RUNTIMES)}")
+    if device not in ("cpu", "cuda"):
+        raise OFAError(f"can only measure device 'cpu' or 'cuda', got '{device}'")
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise OFAError("device 'cuda' requested but no CUDA GPU is available here")
+    if device == "cuda" and runtime == "onnxruntime":
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise OFAError("this onnxruntime has no CUDA provider; use --runtime torch to measure 'cuda'")
+    if not isinstance(threads, int) or threads < 1:
+        raise OFAError(f"--threads must be a positive integer, got {threads!r}")
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        runners = []
+        for i, net in enumerate(nets):
+            runners.append(_Runner(net, runtime, threads, device))
+            for _ in range(warmup):
+                runners[-1].run()
+            if progress:
+                progress(i + 1, len(nets) * (rounds + 1))
+        for rd in range(rounds):
+            for i, r in enumerate(runners):
+                runs = []
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    r.run()
+                    runs.append((time.perf_counter() - t0) * 1e3)
+                r.ms.extend(runs)
+                r.round_min.append(min(runs))
+                if progress:
+                    progress(len(nets) * (rd + 1) + i + 1, len(nets) * (rounds + 1))
+        # median over rounds of each round's fastest run: a run preempted by another process is slow, never
+        # fast, so the fastest of a few back-to-back runs is the clean one; the median over rounds is robust
+        # to rounds that were busy throughout
+        return np.array([float(np.median(r.round_min)) for r in runners])
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import kendalltau
+
+    return float(kendalltau(a, b).statistic)
+
+
+def quality(pred: np.ndarray, real: np.ndarray) -> dict:
+    rel = np.abs(pred - real) / real
+    return {"mape_pct": float(100 * rel.mean()), "max_err_pct": float(100 * rel.max()),
+            "within_10pct": float((rel <= 0.10).mean()), "within_20pct": float((rel <= 0.20).mean()),
+            "kendall_tau": kendall_tau(pred, real), "n": int(len(real))}
+
+
+def fit_measured_profile(space: SpaceSpec, name: str = "cpu", device: str = "cpu", runtime: str = "onnxruntime",
+                         threads: int = 1, n_fit: int = 60, n_test: int = 20, seed: int = 0,
+                         warmup: int = 5, repeats: int = 3, rounds: int = 10,
+                         progress: Callable[[int, int], None] | None = None) -> Profile:
+    """Measure `n_fit + n_test` random subnets (interleaved), fit on the first, report error on the rest."""
+    if n_fit < 20 or n_test < 3:
+        raise OFAError(f"profiling needs at least 20 fitting and 3 test networks, got {n_fit} and {n_test}")
+    rng = random.Random(seed)
+    archs = [space.sample(rng) for _ in range(n_fit + n_test)]
+    archs[0], archs[1] = space.largest(), space.smallest()  # span the range in the fitting set
+    nets = [space.net_spec(a) for a in archs]
+    ms = measure_nets(nets, runtime, threads, device, warmup, repeats, rounds, progress)
+    F = np.stack([net_features(n) for n in nets])
+    coef = fit_relative(F[:n_fit], ms[:n_fit])
+    reg = LayerRegression(coef)
+    fit_q = quality(F[:n_fit] @ coef, ms[:n_fit])
+    test_q = quality(F[n_fit:] @ coef, ms[n_fit:])
+    summary = (f"MAPE {test_q['mape_pct']:.1f}%, {100 * test_q['within_10pct']:.0f}% within 10%, "
+               f"tau {test_q['kendall_tau']:.2f} on {n_test} fresh subnets")
+    import platform
+
+    return Profile(
+        name=name, kind="measured", unit="ms", families=(space.family,), space=space.name, regression=reg,
+        description=f"{device} ({platform.processor() or platform.machine()}), {runtime}, {threads} thread(s), "
+                    f"batch 1: per-layer model fit on {n_fit} measured subnets of {space.name}",
+        provenance=f"measured here with `ofa profile` on {time.strftime('%Y-%m-%d')}: median of {rounds}x{repeats} "
+                   "interleaved runs per network",
+        error={"summary": summary, "test": test_q, "fit": fit_q},
+        extra={"runtime": runtime, "threads": threads, "device": device, "n_fit": n_fit, "n_test": n_test,
+               "seed": seed, "measured_ms": [float(v) for v in ms],
+               "archs": [a.to_dict() for a in archs]},
+    )

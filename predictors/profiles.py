@@ -1,0 +1,182 @@
+"""Device profiles: latency models stored as JSON data files, registered by name.
+
+Shipped profiles live in `predictors/profiles/*.json` (built by `bench/build_profiles.py`); profiles a user
+measures with `ofa profile` live in the user dir (`$OFA_HOME/profiles`, else `~/.cache/ofa/profiles`).
+A device name resolves to a user profile first, then a shipped one; a path to a `.json` file also works.
+
+File format (`"format": "ofa-latency-profile"`, version 1):
+  name, kind ("lut" | "regression" | "measured" | "proxy"), unit ("ms", "MMACs", "Mparams"),
+  description, provenance, families (space families whose layers it models), space (measured: the space
+  it was fit on), lut (rows: Layer fields + latency), regression (feature -> coefficient), proxy
+  ("macs" | "params"), error (the measured quality: summary line + numbers).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from elastic.errors import OFAError
+from predictors.layer_regression import LayerRegression
+from predictors.layers import OPS
+from predictors.lut import LayerTable
+
+FORMAT = "ofa-latency-profile"
+VERSION = 1
+KINDS = ("lut", "regression", "measured", "proxy")
+PACKAGE_DIR = Path(__file__).resolve().parent / "profiles"
+
+
+def user_profile_dir() -> Path:
+    home = os.environ.get("OFA_HOME")
+    return (Path(home) / "profiles") if home else Path.home() / ".cache" / "ofa" / "profiles"
+
+
+@dataclass
+class Profile:
+    name: str
+    kind: str
+    unit: str = "ms"
+    description: str = ""
+    provenance: str = ""
+    families: tuple[str, ...] = ("mbv3", "proxyless")
+    space: str | None = None
+    lut: LayerTable | None = None
+    regression: LayerRegression | None = None
+    proxy: str | None = None
+    error: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT, "version": VERSION, "name": self.name, "kind": self.kind, "unit": self.unit,
+            "description": self.description, "provenance": self.provenance, "families": list(self.families),
+            "space": self.space, "proxy": self.proxy, "error": self.error, "extra": self.extra,
+            "regression": self.regression.to_dict() if self.regression is not None else None,
+            "lut": self.lut.to_rows() if self.lut is not None else None,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        return write_json_atomic(Path(path), self.to_dict())
+
+
+def write_json_atomic(path: Path, data: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def profile_from_dict(data: Any, source: str) -> Profile:
+    """Validate and build a profile; anything wrong is an OFAError naming the file and the problem."""
+    def bad(why: str) -> OFAError:
+        return OFAError(f"device profile {source} is not a valid latency profile: {why}")
+
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise bad(f"expected a JSON object with \"format\": \"{FORMAT}\"")
+    if data.get("version") != VERSION:
+        raise bad(f"unsupported version {data.get('version')!r} (this ofa reads version {VERSION})")
+    kind = data.get("kind")
+    if kind not in KINDS:
+        raise bad(f"kind {kind!r} is not one of {', '.join(KINDS)}")
+    name = data.get("name")
+    if not isinstance(name, str) or not name:
+        raise bad("missing 'name'")
+    try:
+        lut = None
+        if data.get("lut") is not None:
+            rows = data["lut"]
+            for row in rows:
+                if len(row) != 11 or row[0] not in OPS or not all(isinstance(v, int) for v in row[1:10]) \
+                        or not isinstance(row[10], (int, float)) or row[10] < 0:
+                    raise bad(f"bad table row {row!r}")
+            lut = LayerTable.from_rows(rows)
+        regression = LayerRegression.from_dict(data["regression"]) if data.get("regression") is not None else None
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise bad(str(exc)) from None
+    proxy = data.get("proxy")
+    if kind == "proxy" and proxy not in ("macs", "params"):
+        raise bad("a proxy profile needs \"proxy\": \"macs\" or \"params\"")
+    if kind != "proxy" and lut is None and regression is None:
+        raise bad("it has neither a lookup table nor a regression model")
+    families = data.get("families") or ["mbv3", "proxyless"]
+    if not isinstance(families, list) or not all(isinstance(f, str) for f in families):
+        raise bad("'families' must be a list of space families")
+    return Profile(name=name, kind=kind, unit=str(data.get("unit", "ms")), description=str(data.get("description", "")),
+                   provenance=str(data.get("provenance", "")), families=tuple(families), space=data.get("space"),
+                   lut=lut, regression=regression, proxy=proxy, error=dict(data.get("error") or {}),
+                   extra=dict(data.get("extra") or {}))
+
+
+def load_profile_file(path: str | Path) -> Profile:
+    p = Path(path)
+    if not p.is_file():
+        raise OFAError(f"device profile file '{p}' does not exist")
+    try:
+        data = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise OFAError(f"device profile '{p}' is corrupt (not valid JSON: {exc})") from None
+    prof = profile_from_dict(data, f"'{p}'")
+    prof.path = p
+    return prof
+
+
+def _profile_files() -> dict[str, Path]:
+    """name -> file; user profiles shadow shipped ones of the same name."""
+    found: dict[str, Path] = {}
+    for directory in (PACKAGE_DIR, user_profile_dir()):
+        if directory.is_dir():
+            for f in sorted(directory.glob("*.json")):
+                found[f.stem] = f
+    return found
+
+
+def known_devices() -> list[str]:
+    return sorted(_profile_files())
+
+
+def load_profile(device: str | Path) -> Profile:
+    """A profile by device name (user dir, then shipped) or by path to a profile JSON file."""
+    text = str(device)
+    if text.endswith(".json") or os.sep in text:
+        return load_profile_file(text)
+    files = _profile_files()
+    if text not in files:
+        hint = " (run `ofa profile --device cpu` to measure this machine)" if text in ("cpu", "cuda") else ""
+        raise OFAError(f"unknown device '{text}'{hint}; known devices: {', '.join(sorted(files)) or 'none'}; "
+                       "a path to a profile .json file also works")
+    return load_profile_file(files[text])
+
+
+def list_devices() -> list[dict[str, Any]]:
+    """One row per registered device: name, kind, unit, provenance, measured error, file."""
+    rows = []
+    for name, path in sorted(_profile_files().items()):
+        try:
+            prof = load_profile_file(path)
+            rows.append({"name": name, "kind": prof.kind, "unit": prof.unit, "provenance": prof.provenance,
+                         "error": prof.error.get("summary", "not measured"), "path": str(path)})
+        except OFAError as exc:
+            rows.append({"name": name, "kind": "broken", "unit": "", "provenance": str(exc), "error": "",
+                         "path": str(path)})
+    return rows
+
+
+def save_user_profile(profile: Profile, name: str | None = None) -> Path:
+    name = name or profile.name
+    if not name or any(c in name for c in "/\\") or name.startswith("."):
+        raise OFAError(f"profile name {name!r} is not allowed; use letters, digits, '-', '_' or '.'")
+    profile.name = name
+    return profile.save(user_profile_dir() / f"{name}.json")

@@ -1,0 +1,170 @@
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from elastic import OFAError, get_space
+from predictors.accuracy import AccuracyPredictor, fit_accuracy_predictor, format_report, quality, topk_hit_rate
+from predictors.encoding import OneHotEncoding, arch_arrays, arch_macs_params, rich_features
+from predictors.ofa_predictor import SHIPPED, load_ofa_predictor
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+NOISE = 0.002
+
+
+def synthetic(n: int, seed: int = 0):
+    """Accuracy as a noisy, saturating, monotone function of MACs, depth and kernel sizes (like a real supernet)."""
+    sp = get_space("mbv3-w1.0-small", n_classes=10)
+    rng = random.Random(seed)
+    archs = [sp.sample(rng) for _ in range(n)]
+    macs, _ = arch_macs_params(sp, archs)
+    a = arch_arrays(sp, archs)
+    x = np.log(macs / macs.min())
+    acc = (0.86 + 0.05 * (1 - np.exp(-1.5 * x)) + 0.002 * a.d.sum(1) + 0.0004 * (a.ks * a.active).sum(1)
+           + np.random.default_rng(seed).normal(0, NOISE, n))
+    return sp, archs, acc
+
+
+def test_onehot_matches_ofa_layout():
+    sp = get_space("mbv3-w1.2")
+    arch = sp.sample(random.Random(3))
+    x = OneHotEncoding.ofa_imagenet().encode_arrays(arch_arrays(sp, [arch]))[0]
+    assert x.shape == (128,)
+    active = set(sp.active_blocks(arch))
+    for i in range(20):
+        ks, ex = x[3 * i: 3 * i + 3], x[60 + 3 * i: 63 + 3 * i]
+        if i in active:
+            assert ks[(3, 5, 7).index(arch.ks[i])] == 1 and ks.sum() == 1
+            assert ex[(3, 4, 6).index(arch.e[i])] == 1 and ex.sum() == 1
+        else:
+            assert ks.sum() == 0 and ex.sum() == 0
+    assert x[120 + (arch.r - 112) // 16] == 1 and x[120:].sum() == 1
+    with pytest.raises(OFAError, match="resolution"):
+        OneHotEncoding.ofa_imagenet().encode_arrays(arch_arrays(sp, [type(arch)(arch.ks, arch.e, arch.d, 96)]))
+
+
+def test_rich_features_are_per_stage_sums():
+    sp = get_space("mbv3-w1.0-small", n_classes=10)
+    big, small = sp.largest(), sp.smallest()
+    f = rich_features(sp, [big, small])
+    assert f.shape == (2, 5 * 4 + 3)
+    assert f[0, 0] == 4 and f[0, 1] == 4 * 7 and f[0, 2] == 4 * 6       # stage 0: depth, sum k, sum e
+    assert f[1, 0] == 2 and f[1, 1] == 2 * 3 and f[1, 2] == 2 * 3
+    assert f[0, -2] > f[1, -2]                                           # log MACs
+
+
+def test_cross_validated_fit_ranks_held_out_subnets():
+    sp, archs, acc = synthetic(200)
+    pred = fit_accuracy_predictor(sp, archs, acc, kinds=("ridge", "gp"), folds=3, holdout=0.25, seed=0)
+    rep = pred.report
+    assert rep["chosen"] in ("ridge", "gp") and set(rep["cv"]) == {"ridge", "gp"}
+    h = rep["holdout"]
+    assert h["n"] == 50 and h["kendall_tau"] >= 0.75
+    assert h["rmse"] < 2.5 * NOISE                                        # near the noise floor, in accuracy units
+    assert 0.0 <= h["topk_hit_rate"] <= 1.0
+    assert "held out" in format_report(rep)
+    # prediction on fresh archs stays sensible
+    _, fresh, facc = synthetic(60, seed=7)
+    assert quality(facc, pred.predict(fresh))["kendall_tau"] > 0.7
+
+
+def test_mlp_fits_and_round_trips_exactly(tmp_path):
+    sp, archs, acc = synthetic(160)
+    pred = AccuracyPredictor.fit(sp, archs[:120], acc[:120], kind="mlp", steps=250, hidden=[64, 64])
+    q = quality(acc[120:], pred.predict(archs[120:]))
+    assert q["kendall_tau"] > 0.5 and q["rmse"] < 0.02
+    pred.save(tmp_path)
+    assert (tmp_path / "accuracy_predictor.safetensors").exists() and (tmp_path / "accuracy_report.json").exists()
+    again = AccuracyPredictor.load(tmp_path)
+    np.testing.assert_array_equal(again.predict(archs[120:]), pred.predict(archs[120:]))
+
+
+@pytest.mark.parametrize("kind", ["gbr", "gp", "ridge"])
+def test_sklearn_kinds_round_trip_by_deterministic_refit(tmp_path, kind):
+    sp, archs, acc = synthetic(90)
+    hp = {"n_estimators": 60} if kind == "gbr" else {}
+    pred = AccuracyPredictor.fit(sp, archs[:70], acc[:70], kind=kind, **hp)
+    pred.report = {"note": "x"}
+    pred.save(tmp_path)
+    doc = json.loads((tmp_path / "accuracy_predictor.json").read_text())
+    assert doc["kind"] == kind and len(doc["train"]["y"]) == 70
+    again = AccuracyPredictor.load(tmp_path)
+    np.testing.assert_allclose(again.predict(archs[70:]), pred.predict(archs[70:]), atol=1e-9)
+    assert again.report == {"note": "x"}
+
+
+def test_bad_predictor_files_are_clear_errors(tmp_path):
+    with pytest.raises(OFAError, match="no accuracy predictor"):
+        AccuracyPredictor.load(tmp_path)
+    (tmp_path / "accuracy_predictor.json").write_text('{"format": "something-else"}')
+    with pytest.raises(OFAError, match="not an accuracy predictor"):
+        AccuracyPredictor.load(tmp_path)
+    (tmp_path / "accuracy_predictor.json").write_text("{not json")
+    with pytest.raises(OFAError, match="not a valid"):
+        AccuracyPredictor.load(tmp_path)
+    sp, archs, acc = synthetic(12)
+    with pytest.raises(OFAError, match="too few"):
+        fit_accuracy_predictor(sp, archs, acc)
+    with pytest.raises(OFAError, match="unknown accuracy predictor kind"):
+        AccuracyPredictor.fit(sp, archs, acc, kind="xgboost")
+
+
+def test_topk_hit_rate():
+    assert topk_hit_rate(np.array([1, 2, 3, 4]), np.array([1, 2, 3, 4]), 2) == 1.0
+    assert topk_hit_rate(np.array([1, 2, 3, 4]), np.array([4, 3, 2, 1]), 2) == 0.0
+    assert topk_hit_rate(np.array([1, 2, 3, 4]), np.array([1, 3, 4, 2]), 2) == 0.5
+
+
+# ---- OFA's published predictor -------------------------------------------------------------------
+def test_shipped_ofa_predictor_is_batched_and_sensible():
+    assert SHIPPED.exists()
+    p = load_ofa_predictor()
+    sp = p.space
+    assert sp.name == "mbv3-w1.2" and sp.n_classes == 1000
+    rng = random.Random(0)
+    archs = [sp.sample(rng) for _ in range(64)]
+    batch = p.predict(archs)
+    single = np.array([p.predict([a])[0] for a in archs[:8]])
+    np.testing.assert_allclose(batch[:8], single, rtol=1e-6)
+    lo, hi = p.predict([sp.smallest(), sp.largest()])
+    assert 0.70 < lo < hi < 0.90 and ((batch > lo) & (batch < hi)).mean() > 0.9
+
+
+def test_shipped_file_equals_the_original_pth():
+    src = SHARED / "ofa_predictor" / "mbv3-w1.2_imagenet_acc_predictor.pth"
+    if not src.exists():
+        pytest.skip("reference data not present")
+    import torch
+
+    a, b = load_ofa_predictor(), load_ofa_predictor(src)
+    sp = a.space
+    archs = [sp.sample(random.Random(1)) for _ in range(32)]
+    np.testing.assert_array_equal(a.predict(archs), b.predict(archs))
+    # and our numpy forward equals the original torch nn.Sequential
+    sd = torch.load(src, weights_only=True, map_location="cpu")
+    net = torch.nn.Sequential(torch.nn.Linear(128, 400), torch.nn.ReLU(), torch.nn.Linear(400, 400), torch.nn.ReLU(),
+                              torch.nn.Linear(400, 400), torch.nn.ReLU(), torch.nn.Linear(400, 1))
+    net.load_state_dict(sd)
+    x = torch.from_numpy(OneHotEncoding.ofa_imagenet().encode_arrays(arch_arrays(sp, archs)))
+    np.testing.assert_allclose(a.predict(archs), net(x).detach().numpy()[:, 0], atol=1e-5)
+
+
+def test_wrong_file_for_ofa_predictor(tmp_path):
+    import torch
+
+    bad = tmp_path / "other.pth"
+    torch.save({"0.weight": torch.zeros(3, 3)}, bad)
+    with pytest.raises(OFAError, match="not OFA's mbv3-w1.2 accuracy predictor"):
+        load_ofa_predictor(bad)
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"definitely not a checkpoint")
+    with pytest.raises(OFAError, match="not a loadable"):
+        load_ofa_predictor(junk)
+    with pytest.raises(OFAError, match="does not exist"):
+        load_ofa_predictor(tmp_path / "missing.safetensors")
+    st = tmp_path / "junk.safetensors"
+    st.write_bytes(b"\x00" * 20)
+    with pytest.raises(OFAError, match="not a readable safetensors"):
+        load_ofa_predictor(st)

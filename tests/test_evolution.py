@@ -1,0 +1,108 @@
+import random
+
+import numpy as np
+import pytest
+
+from elastic import OFAError, get_space
+from predictors.latency import get_latency_predictor
+from predictors.ofa_predictor import load_ofa_predictor
+from specialize.budget import Constraints
+from specialize.evolution import Genome, Scorer, pareto_sweep, search
+from specialize.pareto_plot import plot_pareto
+
+FAST = dict(population=40, patience=8, init_samples=400)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    space = get_space("mbv3-w1.2", resolutions=(160, 176, 192, 208, 224))
+    return space, load_ofa_predictor(), get_latency_predictor("note10", space)
+
+
+def test_genome_round_trip_and_canonical_match_the_space():
+    for name in ("mbv3-w1.0", "proxyless-w1.3-small"):
+        sp = get_space(name, n_classes=10)
+        gen = Genome(sp)
+        rng = random.Random(0)
+        archs = [sp.sample(rng) for _ in range(30)]
+        g = gen.from_archs(archs)
+        assert gen.to_archs(g) == archs
+        assert gen.to_archs(gen.canonical(g)) == [sp.canonical(a) for a in archs]
+        for a in gen.to_archs(gen.random(np.random.default_rng(0), 50, size_bias=True)):
+            sp.validate(a)
+
+
+def test_search_beats_random_sampling_and_meets_the_budget(setup):
+    space, acc, lat = setup
+    out = search(space, acc, lat, Constraints(latency_ms=25.0), seed=1, **FAST)
+    r = out.best
+    assert r.latency_ms <= 25.0 and r.note is None
+    assert float(lat.predict([r.arch])[0]) == pytest.approx(r.latency_ms)
+    assert float(acc.predict([r.arch])[0]) == pytest.approx(r.accuracy)
+    # the best of 3000 uniformly sampled feasible archs is clearly worse than the search's answer
+    rng = random.Random(0)
+    pool = [space.sample(rng) for _ in range(3000)]
+    ok = lat.predict(pool) <= 25.0
+    best_random = acc.predict([a for a, f in zip(pool, ok) if f]).max()
+    assert r.accuracy > best_random + 0.002
+    # every distinct arch scored once: the cache served the repeats
+    assert out.stats["archs_scored"] < out.stats["score_requests"]
+
+
+def test_several_budgets_share_one_run_and_are_monotone(setup):
+    space, acc, lat = setup
+    budgets = [Constraints(latency_ms=b) for b in (40.0, 15.0, 25.0)]
+    out = search(space, acc, lat, budgets, seed=0, **FAST)
+    assert [r.constraints for r in out.results] == budgets          # results in the order asked
+    by_ms = {r.constraints.latency_ms: r for r in out.results}
+    for ms, r in by_ms.items():
+        assert r.latency_ms <= ms
+    assert by_ms[15.0].accuracy < by_ms[25.0].accuracy < by_ms[40.0].accuracy
+    # the Pareto front: faster first, accuracy strictly rising, no point dominated by a result
+    xs = [p["latency_ms"] for p in out.pareto]
+    ys = [p["accuracy"] for p in out.pareto]
+    assert xs == sorted(xs) and all(b > a for a, b in zip(ys, ys[1:]))
+    for r in out.results:
+        front_at = max(p["accuracy"] for p in out.pareto if p["latency_ms"] <= r.latency_ms)
+        assert front_at == pytest.approx(r.accuracy)
+
+
+def test_combined_latency_and_macs_budget(setup):
+    space, acc, lat = setup
+    loose = search(space, acc, lat, Constraints(latency_ms=30.0), seed=0, **FAST).best
+    tight = Constraints(latency_ms=30.0, macs=0.8 * loose.macs)
+    r = search(space, acc, lat, tight, seed=0, **FAST).best
+    assert r.latency_ms <= 30.0 and r.macs <= tight.macs
+    assert r.accuracy <= loose.accuracy + 0.003  # an extra constraint cannot help much (different search paths)
+
+
+def test_infeasible_budget_names_the_fastest_reachable_latency(setup):
+    space, acc, lat = setup
+    smallest_ms = float(lat.predict([space.smallest()])[0])
+    with pytest.raises(OFAError) as err:
+        search(space, acc, lat, Constraints(latency_ms=smallest_ms * 0.8), device="note10", **FAST)
+    msg = str(err.value)
+    assert "fastest latency" in msg and "note10" in msg
+    reached = float(msg.split("is ")[1].split(" ms")[0])
+    assert reached <= smallest_ms + 0.01 and reached > smallest_ms * 0.8
+
+
+def test_budget_above_the_largest_returns_the_largest(setup):
+    space, acc, lat = setup
+    big_ms = float(lat.predict([space.largest()])[0])
+    r = search(space, acc, lat, Constraints(latency_ms=big_ms * 2), **FAST).best
+    assert r.arch == space.largest() and "largest subnet" in r.note
+
+
+def test_latency_budget_without_a_latency_predictor_is_an_error(setup):
+    space, acc, _ = setup
+    with pytest.raises(OFAError, match="latency predictor"):
+        search(space, acc, None, Constraints(latency_ms=20.0))
+
+
+def test_pareto_sweep_and_plot(setup, tmp_path):
+    space, acc, lat = setup
+    out = pareto_sweep(space, acc, lat, n_budgets=3, seed=0, **FAST)
+    assert len(out.results) == 3 and len(out.pareto) >= 3
+    png = plot_pareto(out.pareto, tmp_path / "front.png", chosen=out.results, device="note10")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000

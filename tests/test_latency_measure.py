@@ -1,0 +1,48 @@
+"""Real measurement: `ofa profile` on this machine (small space, 1 thread, ONNX Runtime; tolerant bounds
+because the CPU is shared and timings are noisy)."""
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from elastic.errors import OFAError
+from elastic.spaces import get_space
+from predictors.latency import get_latency_predictor
+from predictors.measure import measure_nets
+
+
+def test_profile_cli_fits_and_ranks_fresh_subnets(tmp_path, monkeypatch, capsys):
+    from ofa.cli import main
+
+    monkeypatch.setenv("OFA_HOME", str(tmp_path))
+    with pytest.raises(SystemExit) as exc:
+        main(["profile", "--device", "cpu", "--space", "mbv3-w1.0-small", "--name", "here", "--fit", "20",
+              "--test", "8", "--rounds", "6", "--threads", "1", "--json"])
+        raise SystemExit(0)
+    assert exc.value.code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["path"] == str(tmp_path / "profiles" / "here.json")
+    test = report["error"]["test"]
+    assert test["n"] == 8
+    assert test["within_20pct"] >= 7 / 8, test
+    assert test["kendall_tau"] >= 0.5, test
+    # the saved profile is a device name now, and predicts the same numbers batched and per net
+    space = get_space("mbv3-w1.0-small")
+    pred = get_latency_predictor("here", space)
+    assert pred.profile.kind == "measured" and pred.profile.space == "mbv3-w1.0-small"
+    archs = [space.sample(random.Random(9)) for _ in range(5)]
+    np.testing.assert_allclose(pred.predict(archs), [pred.predict_net(space.net_spec(a)) for a in archs])
+    # it models the family it was fit on only
+    with pytest.raises(OFAError, match="models mbv3"):
+        get_latency_predictor("here", get_space("proxyless-w1.3-small"))
+
+
+def test_measure_rejects_bad_settings():
+    net = get_space("mbv3-w1.0-small").net_spec(get_space("mbv3-w1.0-small").smallest())
+    with pytest.raises(OFAError, match="unknown runtime"):
+        measure_nets([net], runtime="tflite")
+    with pytest.raises(OFAError, match="threads"):
+        measure_nets([net], threads=0)

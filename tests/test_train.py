@@ -1,0 +1,141 @@
+"""ofa train: stages from checkpoints, clear errors, and exact resume after SIGKILL (real subprocess)."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from elastic.errors import OFAError
+from ofa.run_dir import RunDir
+from ofa.training import TrainConfig, train
+from ofa.training.schedule import stage_phases
+
+SPACE = "mbv3-w1.0-small"
+TINY = dict(space=SPACE, data={"name": "digits", "subset_size": 192, "eval_size": 48}, schedule="quick",
+            batch_size=32, seed=3, save_every=1, progress=False, eval_subnets=1, calib_images=64, eval_every=0,
+            threads=1)
+TINY_ARGS = ["--space", SPACE, "--data", "digits", "--subset", "192", "--eval-size", "48", "--schedule", "quick",
+             "--batch-size", "32", "--seed", "3", "--save-every", "1", "--no-progress", "--eval-subnets", "1",
+             "--threads", "1"]
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory) -> Path:
+    """A run directory whose `full` stage is trained (3 steps)."""
+    run = tmp_path_factory.mktemp("ofa") / "base"
+    summary = train(TrainConfig(run=str(run), stage="full", epochs=1, max_steps=3, **TINY), log=lambda m: None)
+    ev = summary["stages"][0]["eval"]
+    assert [r["name"] for r in ev] == ["largest", "smallest", "random0"]
+    assert all(0.0 <= r["acc"] <= 1.0 for r in ev)
+    return run
+
+
+def test_stage_schedule_follows_ofa():
+    from elastic.spaces import get_space
+
+    sp = get_space(SPACE)
+    depth, expand = stage_phases("depth", sp), stage_phases("expand", sp)
+    assert [p.d for p in depth] == [(3, 4), (2, 3, 4)] and all(p.e == (6,) for p in depth)
+    assert [p.e for p in expand] == [(4, 6), (3, 4, 6)]
+    assert stage_phases("kernel", sp)[0].ks == (3, 5, 7) and stage_phases("full", sp)[0].ks == (7,)
+    cfg = TrainConfig(run="x", epochs=8)
+    assert [cfg.epochs_for(p) for p in depth] == [2, 8]
+
+
+def test_run_dir_contents_and_history(full_run):
+    run = RunDir(full_run)
+    assert run.trained_stages() == ["full"]
+    assert run.load_space().name == SPACE
+    assert run.data_config()["name"] == "digits" and run.data_config()["subset_size"] == 192
+    hist = run.history()
+    assert [h["kind"] for h in hist] == ["epoch", "stage_eval"]
+    assert hist[0]["train_loss"] > 0 and "largest" in hist[1]
+    latest, full = _weights(run.weights_file), _weights(run.stage_weights_file("full"))
+    assert latest.keys() == full.keys() and all(torch.equal(latest[k], full[k]) for k in latest)
+    net = run.load_supernet("full")
+    assert not net.training
+    st = run.load_train_state()
+    assert st["done"] and st["stage"] == "full"
+
+
+def test_missing_previous_stage_names_the_command(tmp_path):
+    with pytest.raises(OFAError, match=r"stage 'depth' starts from the 'kernel' stage checkpoint.*ofa train --stage kernel"):
+        train(TrainConfig(run=str(tmp_path / "r"), stage="depth", **TINY), log=lambda m: None)
+    out = subprocess.run([sys.executable, "-m", "ofa", "train", "--stage", "kernel", "--run", str(tmp_path / "r2"),
+                          *TINY_ARGS], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "error: stage 'kernel' starts from the 'full' stage checkpoint" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_space_mismatch_and_retrain_are_errors(full_run, tmp_path):
+    run = tmp_path / "copy"
+    shutil.copytree(full_run, run)
+    cfg = {**TINY, "space": "proxyless-w1.3-small"}
+    with pytest.raises(OFAError, match="space 'mbv3-w1.0-small', not 'proxyless-w1.3-small'"):
+        train(TrainConfig(run=str(run), stage="kernel", **cfg), log=lambda m: None)
+    with pytest.raises(OFAError, match="already trained"):
+        train(TrainConfig(run=str(run), stage="full", **TINY), log=lambda m: None)
+    with pytest.raises(OFAError, match="nothing to resume"):
+        train(TrainConfig(run=str(tmp_path / "fresh"), stage="full", **TINY), resume=True, log=lambda m: None)
+
+
+def _cli(run: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "ofa", "train", "--run", str(run), *TINY_ARGS, *extra]
+
+
+def test_sigkill_and_resume_equals_uninterrupted_run(full_run, tmp_path):
+    """The kernel stage (KD from `full`, 2 subnets/step, elastic resolution), 2 epochs x 4 steps, checkpoint every
+    step: killed with SIGKILL mid-run and resumed, it ends with exactly the weights of an uninterrupted run."""
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    shutil.copytree(full_run, ref)
+    shutil.copytree(full_run, killed)
+    stage_args = ("--stage", "kernel", "--epochs", "2", "--max-steps", "4")
+    train(TrainConfig(run=str(ref), stage="kernel", epochs=2, max_steps=4, **TINY), log=lambda m: None)
+
+    proc = subprocess.Popen(_cli(killed, *stage_args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    state_file = RunDir(killed).state_file
+    deadline = time.time() + 120
+    killed_at = None
+    while time.time() < deadline and proc.poll() is None:
+        if state_file.exists():
+            try:
+                st = torch.load(state_file, weights_only=True)
+            except Exception:  # being replaced right now: read again
+                st = None
+            if st is not None and st["stage"] == "kernel" and (st["epoch"], st["step"]) >= (0, 3):
+                os.kill(proc.pid, signal.SIGKILL)
+                killed_at = (st["epoch"], st["step"])
+                break
+        time.sleep(0.05)
+    proc.wait(timeout=30)
+    assert killed_at is not None, f"the run ended before it could be killed: {proc.stderr.read()[-2000:]}"
+    assert proc.returncode == -signal.SIGKILL
+    st = RunDir(killed).load_train_state()
+    assert st["stage"] == "kernel" and not st["done"]  # really interrupted mid-stage
+    assert not RunDir(killed).stage_weights_file("kernel").exists()
+
+    out = subprocess.run(_cli(killed, "--resume"), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "resuming run" in out.stderr
+    a, b = _weights(RunDir(ref).stage_weights_file("kernel")), _weights(RunDir(killed).stage_weights_file("kernel"))
+    assert a.keys() == b.keys()
+    diff = {k: float((a[k].double() - b[k].double()).abs().max()) for k in a if not torch.equal(a[k], b[k])}
+    assert not diff, f"resumed weights differ from the uninterrupted run: {sorted(diff.items())[:5]}"
+    # and the run really trained: kernel weights moved away from the full stage's
+    base = _weights(RunDir(full_run).stage_weights_file("full"))
+    assert any(not torch.equal(base[k], a[k]) for k in a)
+    hist = RunDir(killed).history()
+    assert [(h["stage"], h["epoch"]) for h in hist if h["kind"] == "epoch"] == [("full", 1), ("kernel", 1), ("kernel", 2)]
