@@ -275,14 +275,15 @@ class EvolutionConfig:
     patience: int = 25               # generations without improvement before stopping
     init_samples: int = 2000         # batched size-biased sample the first population is picked from
     oversample: float = 1.5          # children bred per slot (infeasible / duplicate ones are dropped)
+    islands: int = 1                 # independent populations per budget (batched together)
     repair_rounds: int = 3           # over-budget children: shrink one gene a step, up to this many times
     local_search: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.population < 4 or self.generations < 0 or not (0 < self.parent_ratio <= 1) \
+        if self.islands < 1 or self.population < 4 or self.generations < 0 or not (0 < self.parent_ratio <= 1) \
                 or not (0 <= self.mutation_ratio <= 1) or not (0 < self.mutate_prob <= 1):
-            raise OFAError("evolution settings: population >= 4, generations >= 0, parent_ratio in (0,1], "
+            raise OFAError("evolution settings: islands >= 1, population >= 4, generations >= 0, parent_ratio in (0,1], "
                            "mutation_ratio in [0,1], mutate_prob in (0,1]")
 
 
@@ -382,7 +383,12 @@ def _result(c: Constraints, genome: Genome, g: np.ndarray, m: dict[str, np.ndarr
 def _evolve(cons: list[Constraints], genome: Genome, scorer: Scorer, rng: np.random.Generator,
             cfg: EvolutionConfig, progress: Callable[[int, list[float]], None] | None,
             seeds: Sequence[np.ndarray] = ()) -> tuple[list[np.ndarray], int]:
-    """Evolve one population per budget in lockstep; return the best genome per budget and generations run."""
+    """Evolve `cfg.islands` populations per budget in lockstep; return the best genome per budget and the
+    generations run. Populations of one island share their children across budgets (a child bred for one budget
+    competes in every budget it meets); islands only meet again in the final local search."""
+    base_cons, n_isl = cons, cfg.islands
+    cons = [c for c in base_cons for _ in range(n_isl)]       # subpopulation j: budget j // n_isl, island j % n_isl
+    island = np.arange(len(cons)) % n_isl
     n_par = max(2, int(round(cfg.parent_ratio * cfg.population)))
     n_mut = int(round(cfg.mutation_ratio * cfg.population))
     n_cross = cfg.population - n_mut
@@ -391,9 +397,11 @@ def _evolve(cons: list[Constraints], genome: Genome, scorer: Scorer, rng: np.ran
     init = np.concatenate([genome.random(rng, cfg.init_samples, size_bias=True), genome.smallest()[None, :],
                            *[np.asarray(x)[None, :] for x in seeds]])
     g, m = scorer(init)
+    n_init = cfg.init_samples
     pops = []
-    for c in cons:
-        pops.append(_select(g, m, c, n_par, niche=g[:, -1]))
+    for j, c in enumerate(cons):
+        part = np.r_[np.arange(island[j], n_init, n_isl), np.arange(n_init, len(g))]  # disjoint random parts
+        pops.append(_select(g[part], {k: v[part] for k, v in m.items()}, c, n_par, niche=g[part, -1]))
     best = [float(p[1]["accuracy"].max()) for p in pops]
     stale, gens = 0, 0
     for gen in range(cfg.generations):
@@ -409,12 +417,14 @@ def _evolve(cons: list[Constraints], genome: Genome, scorer: Scorer, rng: np.ran
         owner = np.concatenate([np.full(len(k), j // 2 if n_cross else j) for j, k in enumerate(kids)])
         kg, km = scorer(np.concatenate(kids))                 # one batched scoring for every budget
         if cfg.repair_rounds:                                 # nudge over-budget children just under their budget
-            kg, km = _repair(cons, genome, scorer, rng, kg, km, owner, cfg.repair_rounds)
+            kg, km, owner = _repair(cons, genome, scorer, rng, kg, km, owner, cfg.repair_rounds)
         improved = False
+        kid_island = island[owner]
         for j, c in enumerate(cons):
             pg, pm = pops[j]
-            allg = np.concatenate([pg, kg])
-            allm = {k: np.concatenate([pm[k], km[k]]) for k in METRICS}
+            mine = kid_island == island[j] if n_isl > 1 else slice(None)
+            allg = np.concatenate([pg, kg[mine]])
+            allm = {k: np.concatenate([pm[k], km[k][mine]]) for k in METRICS}
             pops[j] = _select(allg, allm, c, n_par, niche=allg[:, -1])
             top = float(pops[j][1]["accuracy"].max())
             if top > best[j] + 1e-9:
@@ -425,10 +435,12 @@ def _evolve(cons: list[Constraints], genome: Genome, scorer: Scorer, rng: np.ran
         stale = 0 if improved else stale + 1
         if stale >= cfg.patience:
             break
+    per_budget = [[_sorted(pops[b * n_isl + i]) for i in range(n_isl)] for b in range(len(base_cons))]
     if cfg.local_search:
-        winners = _local_search(cons, genome, scorer, [_niche_best(*_sorted(p)) for p in pops])
+        starts = [np.concatenate([_niche_best(*p) for p in isl]) for isl in per_budget]
+        winners = _local_search(base_cons, genome, scorer, starts)
     else:
-        winners = [_sorted(p)[0][0] for p in pops]
+        winners = [max(isl, key=lambda p: p[1]["accuracy"][0])[0][0] for isl in per_budget]
     return winners, gens
 
 
@@ -439,7 +451,8 @@ def _sorted(pop: tuple[np.ndarray, dict[str, np.ndarray]]) -> tuple[np.ndarray, 
 
 
 def _repair(cons: list[Constraints], genome: Genome, scorer: Scorer, rng: np.random.Generator, kg: np.ndarray,
-            km: dict[str, np.ndarray], owner: np.ndarray, rounds: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+            km: dict[str, np.ndarray], owner: np.ndarray, rounds: int
+            ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
     """Children over their own budget get random genes shrunk a step at a time (batched, `rounds` times); the
     repaired versions join the children. Good archs under a tight budget sit on its edge: this lands there."""
     bad = np.ones(len(kg), dtype=bool)
@@ -447,7 +460,7 @@ def _repair(cons: list[Constraints], genome: Genome, scorer: Scorer, rng: np.ran
         mine = owner == j
         bad[mine] = ~_feasible(c, {k: v[mine] for k, v in km.items()})
     cur, cur_owner = kg[bad], owner[bad]
-    extra_g, extra_m = [kg], [km]
+    extra_g, extra_m, extra_o = [kg], [km], [owner]
     for _ in range(rounds):
         if len(cur) == 0:
             break
@@ -459,8 +472,10 @@ def _repair(cons: list[Constraints], genome: Genome, scorer: Scorer, rng: np.ran
             ok[mine] = _feasible(c, {k: v[mine] for k, v in cm.items()})
         extra_g.append(cg[ok])
         extra_m.append({k: v[ok] for k, v in cm.items()})
+        extra_o.append(cur_owner[ok])
         cur, cur_owner = cg[~ok], cur_owner[~ok]
-    return np.concatenate(extra_g), {k: np.concatenate([m[k] for m in extra_m]) for k in METRICS}
+    return (np.concatenate(extra_g), {k: np.concatenate([m[k] for m in extra_m]) for k in METRICS},
+            np.concatenate(extra_o))
 
 
 def _select(g: np.ndarray, m: dict[str, np.ndarray], c: Constraints, n: int,

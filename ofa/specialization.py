@@ -1,0 +1,267 @@
+"""`ofa specialize` / `ofa.specialize`: from a trained run to deployable networks for a device and budgets.
+
+search (evolution or ProxylessNAS) -> extract with weights -> BN recalibration -> test accuracy ->
+latency measured here when the device is this machine -> `<run>/specialized/<device>@<budget>/`.
+Without a run, only archs are searched (e.g. the ImageNet space with OFA's published predictor).
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from elastic.arch import Arch
+from elastic.errors import OFAError
+from elastic.spaces import SpaceSpec, get_space
+
+BACKENDS = ("evolution", "proxyless")
+
+
+@dataclass
+class Specialized:
+    """One specialized network: the search's figures beside the real ones measured after extraction."""
+
+    device: str
+    budget: str
+    arch: Arch
+    predicted_accuracy: float
+    predicted_latency_ms: float | None
+    macs: float
+    params: float
+    search_seconds: float
+    path: Path | None = None
+    test_accuracy: float | None = None
+    measured_latency_ms: float | None = None
+    note: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "device": self.device, "budget": self.budget, "arch": self.arch.to_dict(),
+            "predicted_accuracy": self.predicted_accuracy, "predicted_latency_ms": self.predicted_latency_ms,
+            "macs": self.macs, "params": self.params, "path": str(self.path) if self.path else None,
+            "search_seconds": self.search_seconds, "test_accuracy": self.test_accuracy,
+            "measured_latency_ms": self.measured_latency_ms, "note": self.note, **self.extra,
+        }
+
+
+def _as_text(value: Any, unit: str) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value}{unit}"
+    if isinstance(value, (list, tuple)):
+        return ",".join(_as_text(v, unit) or "" for v in value)
+    return str(value)
+
+
+def build_constraints(latency: Any = None, macs: Any = None, params: Any = None):
+    """Budgets from strings ('40ms', '20ms,30ms', '300M', '5M') or numbers (ms, MACs, params)."""
+    from specialize.budget import Constraints, parse_latencies, parse_macs_list, parse_params_list
+
+    lat = parse_latencies(_as_text(latency, "ms")) if latency is not None else [None]
+    mac = parse_macs_list(_as_text(macs, "")) if macs is not None else [None]
+    par = parse_params_list(_as_text(params, "")) if params is not None else [None]
+    lists = [x for x in (lat, mac, par) if len(x) > 1]
+    if len(lists) > 1:
+        raise OFAError("give several values for one kind of budget at a time (e.g. --latency 20ms,30ms), not for two")
+    n = max(len(lat), len(mac), len(par))
+    pick = lambda xs, i: xs[i] if len(xs) > 1 else xs[0]  # noqa: E731
+    return [Constraints(pick(lat, i), pick(mac, i), pick(par, i)) for i in range(n)]
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _measurable_here(profile) -> bool:
+    return profile.kind == "measured" and profile.extra.get("device", "cpu") in ("cpu", "cuda")
+
+
+def measure_latency_here(profile, net_spec) -> float | None:
+    """Median batch-1 latency of `net_spec` on this machine, with the profile's runtime and threads."""
+    import torch
+
+    from predictors.measure import measure_nets
+
+    dev = profile.extra.get("device", "cpu")
+    if dev == "cuda" and not torch.cuda.is_available():
+        return None
+    return float(measure_nets([net_spec], runtime=profile.extra.get("runtime", "onnxruntime"),
+                              threads=int(profile.extra.get("threads", 1)), device=dev, rounds=7)[0])
+
+
+def specialize(run: str | Path | None = None, *, device: str, latency: Any = None, macs: Any = None,
+               params: Any = None, space: str | None = None, accuracy_predictor: str | Path | None = None,
+               backend: str = "evolution", export: Sequence[str] | str = (), pareto: bool = False, seed: int = 0,
+               calib_images: int = 2000, measure: bool = True, evaluate: bool = True,
+               out_dir: str | Path | None = None, progress: bool = False, **search_overrides: Any) -> list[Specialized]:
+    """Search the best arch per budget and (with a run) write each extracted network to disk.
+
+    `latency` takes '40ms' / '20ms,30ms,40ms' / 40.0 / [20, 30]; `macs` '300M'; `params` '5M'.
+    Returns one `Specialized` per budget, in the order given.
+    """
+    from ofa.export import parse_exports
+    from predictors.latency import get_latency_predictor
+    from predictors.profiles import load_profile
+    from specialize import evolution
+
+    if backend not in BACKENDS:
+        raise OFAError(f"unknown backend '{backend}'; allowed: {', '.join(BACKENDS)}")
+    exports = parse_exports(export) if isinstance(export, str) else parse_exports(",".join(export))
+    cons = build_constraints(latency, macs, params)
+
+    rd = None
+    if run is not None:
+        from ofa.run_dir import RunDir
+        from predictors.accuracy import AccuracyPredictor
+
+        rd = RunDir(run)
+        sp = rd.load_space()
+        if space is not None and space != sp.name:
+            raise OFAError(f"--space {space} differs from the run's space {sp.name}; leave --space out with --run")
+        pred_dir = rd.path / "predictors"
+        if accuracy_predictor is not None:
+            acc_pred = _load_accuracy_predictor(accuracy_predictor, sp)
+        elif not (pred_dir / "accuracy_predictor.json").exists() and not any(pred_dir.glob("*.json")):
+            raise OFAError(f"run {rd.path} has no accuracy predictor yet; run `ofa fit-predictor --run {rd.path}` first")
+        else:
+            acc_pred = AccuracyPredictor.load(pred_dir)
+    else:
+        if space is None:
+            raise OFAError("give --run DIR (a trained run) or --space NAME with --accuracy-predictor PATH")
+        sp = get_space(space)
+        if accuracy_predictor is None and not sp.name.startswith("mbv3-w1.2"):
+            raise OFAError(f"searching space {sp.name} without a run needs --accuracy-predictor PATH")
+        acc_pred = _load_accuracy_predictor(accuracy_predictor, sp)
+
+    profile = load_profile(device)
+    device = profile.name  # a profile given as a file path is labelled by its name
+    lat_pred = get_latency_predictor(profile, sp)
+    if any(c.latency_ms is not None for c in cons) and profile.unit != "ms":
+        raise OFAError(f"device '{device}' is a {profile.unit} proxy, not a latency model; "
+                       f"use --macs/--params budgets with it, or a latency device (see `ofa devices`)")
+
+    t0 = time.perf_counter()
+    if backend == "evolution":
+        outcome = evolution.search(sp, acc_pred, lat_pred, cons, device=device, seed=seed, **search_overrides)
+        found = outcome.results
+        front = outcome.pareto
+    else:
+        found, front = _proxyless_results(rd, sp, acc_pred, lat_pred, cons, device, seed)
+    search_seconds = time.perf_counter() - t0
+
+    results = [Specialized(device=device, budget=r.constraints.label(), arch=r.arch,
+                           predicted_accuracy=float(r.accuracy),
+                           predicted_latency_ms=None if r.latency_ms is None else float(r.latency_ms),
+                           macs=float(r.macs), params=float(r.params), search_seconds=search_seconds, note=r.note)
+               for r in found]
+
+    base = Path(out_dir) if out_dir is not None else (rd.path / "specialized" if rd is not None else None)
+    if rd is not None:
+        _materialize(rd, sp, results, profile, exports, calib_images, measure, evaluate, base, backend, seed,
+                     progress)
+    elif base is not None:
+        _write_arch_only(base, sp, results, device, backend)
+    if pareto and base is not None:
+        from ofa import atomic
+        from specialize.pareto_plot import plot_pareto
+
+        plot_pareto(front, base / f"{device}_pareto.png", chosen=found, device=device,
+                    title=f"{sp.name} on {device}")
+        atomic.write_json(base / f"{device}_pareto.json", {"device": device, "space": sp.name, "front": front})
+    return results
+
+
+def _load_accuracy_predictor(path, space: SpaceSpec):
+    from predictors.accuracy import AccuracyPredictor
+    from predictors.ofa_predictor import load_ofa_predictor
+
+    if path is None:
+        return load_ofa_predictor()
+    p = Path(path)
+    if p.suffix == ".pth" or p.suffix == ".safetensors":
+        return load_ofa_predictor(p)
+    return AccuracyPredictor.load(p)
+
+
+def _proxyless_results(rd, sp, acc_pred, lat_pred, cons, device, seed):
+    if rd is None:
+        raise OFAError("--backend proxyless needs --run DIR: it trains architecture parameters on the run's supernet")
+    from specialize.evolution import SearchResult
+    from specialize.proxyless import search_over_supernet
+    from elastic.complexity import macs as macs_of, params as params_of
+
+    supernet = rd.load_supernet()
+    bundle = rd.load_data()
+    out = []
+    for c in cons:
+        if c.latency_ms is None:
+            raise OFAError("--backend proxyless needs a latency budget (--latency); MACs/params-only budgets use evolution")
+        arch, info = search_over_supernet(supernet, lat_pred, c.latency_ms, bundle, seed=seed)
+        arch = sp.validate(arch)
+        out.append(SearchResult(constraints=c, arch=arch, accuracy=float(acc_pred.predict([arch])[0]),
+                                latency_ms=float(lat_pred.predict([arch])[0]), macs=float(macs_of(sp, [arch])[0]),
+                                params=float(params_of(sp, [arch])[0]), note=info.get("note") if isinstance(info, dict) else None))
+    return out, []
+
+
+def _meta(sp: SpaceSpec, r: Specialized, backend: str, provenance: dict[str, Any]) -> dict[str, Any]:
+    from ofa import __version__
+
+    return {
+        "space": sp.to_dict(), "arch": r.arch.to_dict(), "n_classes": sp.n_classes, "device": r.device,
+        "budget": r.budget,
+        "predicted": {"accuracy": r.predicted_accuracy, "latency_ms": r.predicted_latency_ms, "macs": r.macs,
+                      "params": r.params},
+        "measured": {"test_accuracy": r.test_accuracy, "latency_ms": r.measured_latency_ms},
+        "note": r.note,
+        "provenance": {"backend": backend, "ofa_version": __version__,
+                       "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **provenance},
+    }
+
+
+def _write_arch_only(base: Path, sp: SpaceSpec, results: list[Specialized], device: str, backend: str) -> None:
+    from ofa import atomic
+
+    for r in results:
+        folder = base / f"{device}@{r.budget}"
+        atomic.write_json(folder / "arch.json", {"format": "ofa-arch/1", **_meta(sp, r, backend, {})})
+        r.path = folder
+
+
+def _materialize(rd, sp, results, profile, exports, calib_images, measure, evaluate, base, backend, seed, progress):
+    from elastic.bn_calibration import recalibrate_bn
+    from ofa.specialized import save_specialized
+    from ofa.training.evaluate import accuracy, calibration_batches
+
+    supernet = rd.load_supernet()
+    bundle = rd.load_data() if evaluate or calib_images else None
+    provenance = {"run": str(rd.path), "supernet_sha256": _file_digest(rd.weights_file),
+                  "data": rd.data_config(), "seed": seed}
+    calib: dict[int, list] = {}
+    for r in results:
+        net = supernet.extract(r.arch)
+        if bundle is not None and calib_images:
+            if r.arch.r not in calib:
+                calib[r.arch.r] = calibration_batches(bundle, r.arch.r, calib_images, seed=seed)
+            recalibrate_bn(net, calib[r.arch.r])
+        net.eval()
+        if evaluate and bundle is not None:
+            r.test_accuracy = accuracy(net, bundle, "test", r.arch.r)
+        if measure and _measurable_here(profile):
+            r.measured_latency_ms = measure_latency_here(profile, net.net_spec)
+        meta = _meta(sp, r, backend, provenance)
+        meta["classes"] = list(getattr(bundle, "classes", []) or []) if bundle is not None else []
+        meta["input"] = {"resolution": r.arch.r, "channels": sp.in_channels,
+                         "mean": list(getattr(bundle, "mean", []) or []), "std": list(getattr(bundle, "std", []) or [])}
+        r.path = save_specialized(base / f"{r.device}@{r.budget}", net, meta, exports=exports)
+        if progress:
+            acc = f"{100 * r.test_accuracy:.2f}%" if r.test_accuracy is not None else "n/a"
+            print(f"  {r.device}@{r.budget}: test accuracy {acc} -> {r.path}")

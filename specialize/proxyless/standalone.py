@@ -1,0 +1,142 @@
+"""The original ProxylessNAS search from scratch, on an over-parameterized net (see overparam.py).
+
+Weights and architecture parameters are trained alternately: after `warmup_steps` weight-only steps (uniform
+path sampling, alpha untouched), every step trains the weights on one sampled path per block (a training batch)
+and, every `arch_every` steps, the architecture parameters with the two-path gate gradient (a validation batch).
+Afterwards the argmax architecture must meet the latency budget: if it does not, the latency term is strengthened
+and the architecture trained `budget_steps` more steps, up to `budget_rounds` times; if it still misses, the
+choices are moved greedily to cheaper candidates (least probability given up per latency saved) and the
+result says so in `note`.
+
+Data reach this module as iterators of (images, labels) batches; building data sets and training the found
+network from scratch are the caller's (the `ofa proxyless-search` command's) business.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from elastic.arch import Arch
+from elastic.errors import OFAError
+from elastic.netspec import NetSpec
+from specialize.proxyless.arch_step import (LossSettings, ReinforceState, arch_step, make_arch_optimizer,
+                                            weight_step)
+from specialize.proxyless.expected_latency import OpLatencyTable
+from specialize.proxyless.feasible import greedy_to_budget
+from specialize.proxyless.gates import weight_parameters
+from specialize.proxyless.overparam import OverParamNet
+
+Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class StandaloneConfig:
+    target: float                    # latency budget (the predictor's unit, ms for device profiles)
+    warmup_steps: int = 100
+    search_steps: int = 300
+    arch_every: int = 1
+    weight_lr: float = 0.05
+    weight_decay: float = 4e-5
+    arch_lr: float = 6e-3
+    form: str = "mul"
+    beta: float = 0.6
+    lam: float = 0.1
+    estimator: str = "two_path"
+    budget_rounds: int = 3
+    budget_steps: int = 50
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.warmup_steps < 0 or self.search_steps < 0 or self.arch_every < 1 or self.budget_rounds < 0 \
+                or self.budget_steps < 0:
+            raise OFAError("proxyless search steps must be >= 0 and arch_every >= 1")
+
+
+@dataclass
+class StandaloneResult:
+    net_spec: NetSpec
+    arch: Arch | None
+    ops: list[str]
+    latency: float
+    expected_latency: float
+    target: float
+    feasible_by: str                 # "search", "strengthened (...)" or "greedy fallback (...)"
+    note: str | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    probs: list[list[float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"arch": self.arch.to_dict() if self.arch is not None else None, "ops": self.ops,
+                "latency": self.latency, "expected_latency": self.expected_latency, "target": self.target,
+                "feasible_by": self.feasible_by, "note": self.note, "seconds": self.seconds, "probs": self.probs,
+                "blocks": [{"kernel": b.kernel, "mid_ch": b.mid_ch, "out_ch": b.out_ch, "stride": b.stride}
+                           for b in self.net_spec.blocks]}
+
+
+def search_standalone(net: OverParamNet, table: OpLatencyTable, train_batches: Batches, val_batches: Batches,
+                      cfg: StandaloneConfig, progress: Callable[[str, int, int, dict], None] | None = None
+                      ) -> StandaloneResult:
+    t0 = time.time()
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    mixed = net.mixed
+    w_opt = torch.optim.SGD(weight_parameters(net), lr=cfg.weight_lr, momentum=0.9, nesterov=True,
+                            weight_decay=cfg.weight_decay)
+    a_opt = make_arch_optimizer(mixed, cfg.arch_lr)
+    settings = LossSettings(cfg.target, cfg.form, cfg.beta, cfg.lam, cfg.estimator)
+    rl = ReinforceState()
+    expected = lambda: table.expected([m.probs for m in mixed])  # noqa: E731
+    history: list[dict[str, Any]] = []
+
+    def one(step: int, phase: str, do_arch: bool, total: int) -> None:
+        x, y = next(train_batches)
+        row: dict[str, Any] = {"phase": phase, "step": step, "weight_ce": weight_step(net, mixed, x, y, w_opt, gen)}
+        if do_arch:
+            xv, yv = next(val_batches)
+            row.update(arch_step(net, mixed, xv, yv, a_opt, settings, expected, table.of_choice, gen, rl))
+        history.append(row)
+        if progress is not None:
+            progress(phase, step, total, row)
+
+    for step in range(cfg.warmup_steps):
+        one(step, "warmup", False, cfg.warmup_steps)
+    for step in range(cfg.search_steps):
+        one(step, "search", step % cfg.arch_every == 0, cfg.search_steps)
+
+    feasible_by, note = "search", None
+    lat = table.of_choice(net.chosen())
+    rounds = 0
+    changes = []
+    while lat > cfg.target and rounds < cfg.budget_rounds:
+        rounds += 1
+        changes.append(settings.strengthen())
+        for step in range(cfg.budget_steps):
+            one(step, f"budget{rounds}", step % cfg.arch_every == 0, cfg.budget_steps)
+        lat = table.of_choice(net.chosen())
+    if rounds and lat <= cfg.target:
+        feasible_by = f"strengthened ({', '.join(changes)})"
+    idx = net.chosen()
+    if lat > cfg.target:
+        log_probs = [F.log_softmax(m.alpha.detach().double(), 0).numpy() for m in mixed]
+        lat_before = lat
+        idx, lat, moves = greedy_to_budget(idx, log_probs, lambda rows: np.array([table.of_choice(r) for r in rows]),
+                                           cfg.target)
+        feasible_by = f"greedy fallback ({moves} changes)"
+        note = (f"the most probable architecture ({lat_before:.4g}) missed the budget {cfg.target:g} after "
+                f"{rounds} strengthening round(s); moved {moves} choice(s) to cheaper candidates to meet it")
+    net_spec, arch = net.derive(idx)
+    with torch.no_grad():
+        elat = float(expected())
+    return StandaloneResult(net_spec=net_spec, arch=arch, ops=net.describe(idx), latency=float(lat),
+                            expected_latency=elat, target=cfg.target, feasible_by=feasible_by, note=note,
+                            history=history, seconds=time.time() - t0,
+                            probs=[[round(float(p), 4) for p in m.probs.detach()] for m in mixed])
+
+
+__all__ = ["StandaloneConfig", "StandaloneResult", "search_standalone"]
