@@ -71,12 +71,12 @@ def speed() -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--space", default="mbv3-w1.0")
-    ap.add_argument("--fit", type=int, default=60)
+    ap.add_argument("--fit", type=int, default=100)
     ap.add_argument("--test", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runtime", default="onnxruntime")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--skip-measure", action="store_true")
     args = ap.parse_args()
     out: dict = {"published": published(), "speed": speed()}

@@ -74,7 +74,7 @@ class DynamicDepthwiseConv(nn.Module):
 
     def transformed_weight(self, channels: int, kernel: int) -> torch.Tensor:
         """Weight [channels, 1, kernel, kernel]: the centre of the larger kernels through the transform chain."""
-        w = self.weight[:channels]
+        w = self.weight if channels == self.channels else self.weight[:channels]
         if kernel == self.max_kernel:
             return w
         for src, tgt, name in self._chain:
@@ -113,8 +113,12 @@ class DynamicSE(nn.Module):
     def forward(self, x: torch.Tensor, mid: int) -> torch.Tensor:
         c = x.shape[1]
         y = x.mean((2, 3), keepdim=True)
-        y = F.relu(F.conv2d(y, self.reduce.weight[:mid, :c], self.reduce.bias[:mid]))
-        y = F.hardsigmoid(F.conv2d(y, self.expand.weight[:c, :mid], self.expand.bias[:c]))
+        if c == self.expand.out_channels:
+            y = F.relu(self.reduce(y))
+            y = F.hardsigmoid(self.expand(y))
+        else:
+            y = F.relu(F.conv2d(y, self.reduce.weight[:mid, :c], self.reduce.bias[:mid]))
+            y = F.hardsigmoid(F.conv2d(y, self.expand.weight[:c, :mid], self.expand.bias[:c]))
         return x * y
 
 
@@ -168,13 +172,16 @@ class DynamicMBConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mid, k, act = self.active_mid, self.active_kernel, self._act
-        y = F.conv2d(x, self.expand.conv.weight[:mid])
+        full = mid == self.max_mid   # full width: the parameters themselves, no slice (and no SliceBackward)
+        w_expand = self.expand.conv.weight if full else self.expand.conv.weight[:mid]
+        w_project = self.project.conv.weight if full else self.project.conv.weight[:, :mid]
+        y = F.conv2d(x, w_expand)
         y = act(self.expand.bn(y))
         y = F.conv2d(y, self.dw.conv.active_weight(mid, k), None, self.stride, k // 2, 1, mid)
         y = act(self.dw.bn(y))
         if self.se is not None:
             y = self.se(y, self.active_se_mid)
-        y = self.project.bn(F.conv2d(y, self.project.conv.weight[:, :mid]))
+        y = self.project.bn(F.conv2d(y, w_project))
         if self.residual:
             y = y + x
         return y

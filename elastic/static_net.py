@@ -20,19 +20,6 @@ from elastic.errors import OFAError
 from elastic.netspec import ACTIVATIONS, ConvSpec, MBConvSpec, NetSpec, se_mid_channels
 
 
-def make_act(name: str | None) -> nn.Module:
-    """The activation module for a NetSpec activation name."""
-    if name in (None, "none"):
-        return nn.Identity()
-    if name == "relu":
-        return nn.ReLU()
-    if name == "relu6":
-        return nn.ReLU6()
-    if name == "h_swish":
-        return nn.Hardswish()
-    raise OFAError(f"unknown activation '{name}'; allowed: {', '.join(ACTIVATIONS)}")
-
-
 class ConvBNAct(nn.Module):
     """kxk conv ('same' padding) -> BN (or nothing) -> activation (or nothing)."""
 
@@ -40,8 +27,14 @@ class ConvBNAct(nn.Module):
                  bn: bool = True, bias: bool = False, bn_eps: float = 1e-5, bn_momentum: float = 0.1):
         super().__init__()
         self.conv = nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, groups=groups, bias=bias)
-        self.bn = nn.BatchNorm2d(out_ch, eps=bn_eps, momentum=bn_momentum) if bn else nn.Identity()
-        self.act = make_act(act)
+        self.bn = nn.BatchNorm2d(out_ch, eps=bn_eps, momentum=bn_momentum) if bn else None
+        act = "none" if act is None else act
+        if act not in ACTIVATIONS:
+            raise OFAError(f"unknown activation '{act}'; allowed: {', '.join(ACTIVATIONS)}")
+        self.act = act  # applied functionally: fewer modules make extraction fast
+
+    def extra_repr(self) -> str:
+        return f"act={self.act}"
 
     @classmethod
     def from_spec(cls, spec: ConvSpec, bn_eps: float, bn_momentum: float) -> "ConvBNAct":
@@ -49,7 +42,16 @@ class ConvBNAct(nn.Module):
                    bn_eps=bn_eps, bn_momentum=bn_momentum)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.conv(x)))
+        x = self.conv(x)
+        if self.bn is not None:
+            x = self.bn(x)
+        if self.act == "relu":
+            x = F.relu(x)
+        elif self.act == "relu6":
+            x = F.relu6(x)
+        elif self.act == "h_swish":
+            x = F.hardswish(x)
+        return x
 
 
 class SqueezeExcite(nn.Module):
@@ -155,12 +157,36 @@ class StaticNet(nn.Module):
 
 def static_from_state_dict(net_spec: NetSpec, state_dict: dict[str, torch.Tensor],
                            arch: Arch | None = None) -> StaticNet:
-    """Build a StaticNet without initialising weights and take the given tensors as its parameters/buffers."""
+    """Build a StaticNet without initialising weights and take the given tensors as its parameters/buffers.
+
+    The tensors are used as they are (not copied); every key of the net must be given with its exact shape.
+    """
     with torch.device("meta"):
         net = StaticNet(net_spec, arch=arch, init=False)
-    net.load_state_dict(state_dict, strict=True, assign=True)
+    slots = {}
+    for mod_name, mod in net.named_modules():
+        prefix = f"{mod_name}." if mod_name else ""
+        for name, p in mod._parameters.items():
+            if p is not None:
+                slots[prefix + name] = (mod, name, p, True)
+        for name, b in mod._buffers.items():
+            if b is not None:
+                slots[prefix + name] = (mod, name, b, False)
+    if slots.keys() != state_dict.keys():
+        missing = sorted(slots.keys() - state_dict.keys())
+        extra = sorted(state_dict.keys() - slots.keys())
+        raise OFAError(f"state dict does not fit the network: missing {missing[:3]}, unexpected {extra[:3]}")
+    for key, (mod, name, old, is_param) in slots.items():
+        t = state_dict[key]
+        if t.shape != old.shape:
+            raise OFAError(f"state dict does not fit the network: '{key}' has shape {list(t.shape)}, "
+                           f"expected {list(old.shape)}")
+        if is_param:
+            mod._parameters[name] = nn.Parameter(t, requires_grad=old.requires_grad)
+        else:
+            mod._buffers[name] = t
     return net
 
 
-__all__ = ["ConvBNAct", "MBConv", "SqueezeExcite", "StaticNet", "init_weights", "make_act",
+__all__ = ["ConvBNAct", "MBConv", "SqueezeExcite", "StaticNet", "init_weights",
            "static_from_state_dict"]

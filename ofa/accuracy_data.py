@@ -199,7 +199,7 @@ def collect(space: SpaceSpec, csv_path: str | os.PathLike, n: int, evaluate: Cal
 
 def collect_from_run(run_path: str | os.PathLike, n: int, *, seed: int = 0, resume: bool = False,
                      calib_images: int = 2000, split: str = "val", limit: int | None = None,
-                     device: str | None = None, progress: bool = True) -> AccuracyDataset:
+                     device: str | None = None, threads: int | None = None, progress: bool = True) -> AccuracyDataset:
     """`collect` with the run's supernet, data and space: BN-recalibrated, evaluated on the validation split."""
     import torch
 
@@ -208,6 +208,10 @@ def collect_from_run(run_path: str | os.PathLike, n: int, *, seed: int = 0, resu
 
     run = RunDir(run_path)
     space = run.load_space()
+    if threads is not None:
+        if threads < 1:
+            raise OFAError(f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     csv_path, _ = dataset_paths(run.path)
     settings = {"data": run.data_config(), "split": split, "calib_images": calib_images, "limit": limit}

@@ -47,7 +47,7 @@ REPORT_NAME = "accuracy_report.json"
 DEFAULT_HP: dict[str, dict[str, Any]] = {
     "mlp": {"hidden": [128, 128, 128], "steps": 600, "lr": 3e-3, "weight_decay": 1e-4, "seed": 0},
     "gbr": {"n_estimators": 400, "learning_rate": 0.05, "max_depth": 3, "subsample": 0.8, "seed": 0},
-    "gp": {"max_rows": 1500, "seed": 0},
+    "gp": {"max_rows": 600, "seed": 0},
     "ridge": {"alpha": 1.0},
 }
 
@@ -339,9 +339,12 @@ def fit_accuracy_predictor(space: SpaceSpec, archs: Sequence[Arch], accs: Sequen
     if n != len(y):
         raise OFAError(f"got {n} archs but {len(y)} accuracies")
     n_hold = int(round(holdout * n))
-    if n - n_hold < max(2 * folds, 10) or n_hold < (4 if holdout > 0 else 0):
+    need_train, need_hold = max(2 * folds, 8), (3 if holdout > 0 else 0)
+    if n - n_hold < need_train or n_hold < need_hold:
+        least = max(need_train + need_hold, int(math.ceil(need_hold / holdout)) if holdout > 0 else 0,
+                    int(math.ceil(need_train / (1 - holdout))))
         raise OFAError(f"{n} measured subnets are too few to fit and check an accuracy predictor; collect at least "
-                       f"{max(2 * folds, 10) + 4 + int(holdout * 20)} (e.g. `ofa fit-predictor --samples 200`)")
+                       f"{least} (e.g. `ofa fit-predictor --samples 200`)")
     params = {k: {**DEFAULT_HP[k], **((hp or {}).get(k) or {})} for k in kinds}
     rng = np.random.default_rng(seed)
     perm = rng.permutation(n)

@@ -1,6 +1,6 @@
 """Measure real latency on this machine and fit a `measured` device profile from it.
 
-Networks are built from their NetSpec (`elastic.static_net.StaticNet` when available), run at batch 1 with
+Networks are built from their NetSpec (`elastic.static_net.StaticNet`), run at batch 1 with
 ONNX Runtime (default on CPU) or PyTorch (CPU or CUDA), warmed up, then timed in interleaved rounds (every
 network once per round, so slow drifts of a shared machine hit all of them alike); a network's latency is
 the median over all its timed runs. The per-layer regression is fit on whole-network medians (a per-layer
@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import random
 import time
+import warnings
 from typing import Callable, Sequence
 
 import numpy as np
@@ -39,10 +40,8 @@ def pick_clock(name: str, threads: int, device: str) -> Callable[[], float]:
 
 def build_module(net: NetSpec):
     """A plain eval-mode nn.Module for `net` (weights random: only speed matters here)."""
-    try:
-        from elastic.static_net import StaticNet
-    except ImportError:  # the static network builder is not there yet: a shape-faithful stand-in
-        from predictors._timing_net import TimingNet as StaticNet
+    from elastic.static_net import StaticNet
+
     return StaticNet(net).eval()
 
 
@@ -68,7 +67,10 @@ class _Runner:
             import onnxruntime as ort
 
             buf = io.BytesIO()
-            with torch.no_grad():
+            # the TorchScript exporter: several times faster per network than the dynamo one (which matters
+            # when a profile exports a hundred subnets); its deprecation notice is expected here
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
                 torch.onnx.export(model, (x,), buf, input_names=["x"], output_names=["y"], dynamo=False,
                                   opset_version=17)
             so = ort.SessionOptions()
@@ -82,7 +84,7 @@ class _Runner:
 
 
 def measure_nets(nets: Sequence[NetSpec], runtime: str = "onnxruntime", threads: int = 1, device: str = "cpu",
-                 warmup: int = 5, repeats: int = 3, rounds: int = 10,
+                 warmup: int = 5, repeats: int = 2, rounds: int = 30,
                  progress: Callable[[int, int], None] | None = None, clock_name: str = "auto") -> np.ndarray:
     """Batch-1 latency (ms) of each network: timed in `rounds` interleaved rounds of `repeats` runs; the median
     over rounds of each round's fastest run.
@@ -129,12 +131,35 @@ def measure_nets(nets: Sequence[NetSpec], runtime: str = "onnxruntime", threads:
                 r.round_min.append(min(runs))
                 if progress:
                     progress(len(nets) * (rd + 1) + i + 1, len(nets) * (rounds + 1))
-        # median over rounds of each round's fastest run: a run preempted by another process is slow, never
-        # fast, so the fastest of a few back-to-back runs is the clean one; the median over rounds is robust
-        # to rounds that were busy throughout
-        return np.array([float(np.median(r.round_min)) for r in runners])
+        return robust_latency(np.array([r.round_min for r in runners]))
     finally:
         torch.set_num_threads(old_threads)
+
+
+def robust_latency(T: np.ndarray, window: int = 8) -> np.ndarray:
+    """Per-network latency from `T[net, round]` = the fastest run of each round.
+
+    A run disturbed by another process is slow, never fast, so the fastest of a few back-to-back runs is the
+    clean one. The load of a shared machine still drifts within a round; since every round visits the networks
+    in the same order, the slowdown at a moment is estimated from the neighbouring networks (median over
+    +-`window` of their time relative to their own median) and divided out. The result is the median over
+    rounds of the load-corrected times.
+    """
+    T = np.asarray(T, float)
+    med = np.median(T, axis=1)
+    if T.shape[0] < 2 * window + 1 or T.shape[1] < 3:
+        return med
+    for _ in range(2):
+        rel = T / med[:, None]
+        load = np.empty_like(rel)
+        n = T.shape[0]
+        for i in range(n):
+            lo, hi = max(0, i - window), min(n, i + window + 1)
+            neighbours = np.r_[rel[lo:i], rel[i + 1:hi]]
+            load[i] = np.median(neighbours, axis=0)
+        load /= np.median(load)
+        med = np.median(T / load, axis=1)
+    return med
 
 
 def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
@@ -151,9 +176,9 @@ def quality(pred: np.ndarray, real: np.ndarray) -> dict:
 
 
 def fit_measured_profile(space: SpaceSpec, name: str = "cpu", device: str = "cpu", runtime: str = "onnxruntime",
-                         threads: int = 1, n_fit: int = 60, n_test: int = 20, seed: int = 0,
-                         warmup: int = 5, repeats: int = 3, rounds: int = 10,
-                         progress: Callable[[int, int], None] | None = None) -> Profile:
+                         threads: int = 1, n_fit: int = 100, n_test: int = 20, seed: int = 0,
+                         warmup: int = 5, repeats: int = 2, rounds: int = 30,
+                         progress: Callable[[int, int], None] | None = None, clock_name: str = "auto") -> Profile:
     """Measure `n_fit + n_test` random subnets (interleaved), fit on the first, report error on the rest."""
     if n_fit < 20 or n_test < 3:
         raise OFAError(f"profiling needs at least 20 fitting and 3 test networks, got {n_fit} and {n_test}")
@@ -161,7 +186,8 @@ def fit_measured_profile(space: SpaceSpec, name: str = "cpu", device: str = "cpu
     archs = [space.sample(rng) for _ in range(n_fit + n_test)]
     archs[0], archs[1] = space.largest(), space.smallest()  # span the range in the fitting set
     nets = [space.net_spec(a) for a in archs]
-    ms = measure_nets(nets, runtime, threads, device, warmup, repeats, rounds, progress)
+    ms = measure_nets(nets, runtime, threads, device, warmup, repeats, rounds, progress, clock_name)
+    clock_used = "thread CPU time" if pick_clock(clock_name, threads, device) is time.thread_time else "wall time"
     F = np.stack([net_features(n) for n in nets])
     coef = fit_relative(F[:n_fit], ms[:n_fit])
     reg = LayerRegression(coef)
@@ -175,10 +201,10 @@ def fit_measured_profile(space: SpaceSpec, name: str = "cpu", device: str = "cpu
         name=name, kind="measured", unit="ms", families=(space.family,), space=space.name, regression=reg,
         description=f"{device} ({platform.processor() or platform.machine()}), {runtime}, {threads} thread(s), "
                     f"batch 1: per-layer model fit on {n_fit} measured subnets of {space.name}",
-        provenance=f"measured here with `ofa profile` on {time.strftime('%Y-%m-%d')}: median of {rounds}x{repeats} "
-                   "interleaved runs per network",
+        provenance=f"measured here with `ofa profile` on {time.strftime('%Y-%m-%d')} ({clock_used}): median over "
+                   f"{rounds} interleaved rounds of the fastest of {repeats} runs",
         error={"summary": summary, "test": test_q, "fit": fit_q},
-        extra={"runtime": runtime, "threads": threads, "device": device, "n_fit": n_fit, "n_test": n_test,
-               "seed": seed, "measured_ms": [float(v) for v in ms],
+        extra={"runtime": runtime, "threads": threads, "device": device, "clock": clock_used, "n_fit": n_fit,
+               "n_test": n_test, "seed": seed, "measured_ms": [float(v) for v in ms],
                "archs": [a.to_dict() for a in archs]},
     )

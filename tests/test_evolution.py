@@ -7,7 +7,7 @@ from elastic import OFAError, get_space
 from predictors.latency import get_latency_predictor
 from predictors.ofa_predictor import load_ofa_predictor
 from specialize.budget import Constraints
-from specialize.evolution import Genome, Scorer, pareto_sweep, search
+from specialize.evolution import Genome, pareto_sweep, search
 from specialize.pareto_plot import plot_pareto
 
 FAST = dict(population=40, patience=8, init_samples=400)

@@ -46,3 +46,22 @@ def test_measure_rejects_bad_settings():
         measure_nets([net], runtime="tflite")
     with pytest.raises(OFAError, match="threads"):
         measure_nets([net], threads=0)
+
+
+def test_robust_latency_removes_load_drift_within_rounds():
+    from predictors.measure import robust_latency
+
+    rng = np.random.default_rng(0)
+    true = rng.uniform(3, 20, size=60)
+    n_rounds = 9
+    # load drifts along the visiting order (a busy neighbour process comes and goes), differently per round
+    t = np.arange(60 * n_rounds).reshape(n_rounds, 60).T
+    load = 1 + 0.25 * (np.sin(t / 17.0 + rng.uniform(0, 6, size=n_rounds)) > 0.3)
+    T = true[:, None] * load * (1 + 0.01 * rng.standard_normal(t.shape))
+
+    def scatter(est):  # relative error after removing a common scale (which does not change rankings)
+        rel = est / true
+        return np.abs(rel / np.median(rel) - 1).mean()
+
+    assert scatter(robust_latency(T)) < 0.5 * scatter(np.median(T, axis=1))
+    assert scatter(robust_latency(T)) < 0.02

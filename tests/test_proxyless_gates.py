@@ -1,12 +1,22 @@
 """Binary gates: sampling, the two-path alpha gradient, the rescaling after an alpha step."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from specialize.proxyless.gates import (MixedOp, binary_gates, gate_gradient_to_alpha, rescale_two_paths,
                                         sample_paths)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # the test machine is shared: one intra-op thread avoids oversubscription stalls (10x slower otherwise)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def _ops(n: int, seed: int = 0) -> list[nn.Module]:

@@ -19,11 +19,11 @@ from ofa.training import TrainConfig, train
 from ofa.training.schedule import stage_phases
 
 SPACE = "mbv3-w1.0-small"
-TINY = dict(space=SPACE, data={"name": "digits", "subset_size": 192, "eval_size": 48}, schedule="quick",
-            batch_size=32, seed=3, save_every=1, progress=False, eval_subnets=1, calib_images=64, eval_every=0,
+TINY = dict(space=SPACE, resolutions=[16, 20], data={"name": "digits", "subset_size": 96, "eval_size": 32},
+            schedule="quick", batch_size=16, seed=3, save_every=1, progress=False, eval_subnets=1, calib_images=32, eval_every=0,
             threads=1)
-TINY_ARGS = ["--space", SPACE, "--data", "digits", "--subset", "192", "--eval-size", "48", "--schedule", "quick",
-             "--batch-size", "32", "--seed", "3", "--save-every", "1", "--no-progress", "--eval-subnets", "1",
+TINY_ARGS = ["--space", SPACE, "--resolutions", "16,20", "--data", "digits", "--subset", "96", "--eval-size", "32",
+             "--schedule", "quick", "--batch-size", "16", "--seed", "3", "--save-every", "1", "--no-progress", "--eval-subnets", "1",
              "--threads", "1"]
 
 
@@ -52,13 +52,22 @@ def test_stage_schedule_follows_ofa():
     assert stage_phases("kernel", sp)[0].ks == (3, 5, 7) and stage_phases("full", sp)[0].ks == (7,)
     cfg = TrainConfig(run="x", epochs=8)
     assert [cfg.epochs_for(p) for p in depth] == [2, 8]
+    full = stage_phases("full", sp)[0]
+    assert TrainConfig(run="x").epochs_for(full) == 40  # the full schedule's defaults ...
+    assert TrainConfig(run="x", dataset="digits").epochs_for(full) == 60  # ... adjusted per dataset
+    assert TrainConfig(run="x", schedule="quick", batch_size=64).base_lr() == 0.2 * 64 / 256  # linear scaling
+    assert TrainConfig(run="x", lr=0.5).base_lr() == 0.5
+    with pytest.raises(OFAError, match="unknown schedule 'slow'"):
+        TrainConfig(run="x", schedule="slow")
+    with pytest.raises(OFAError, match="--sandwich needs --n-subnets >= 2"):
+        TrainConfig(run="x", sandwich=True, n_subnets=1)
 
 
 def test_run_dir_contents_and_history(full_run):
     run = RunDir(full_run)
     assert run.trained_stages() == ["full"]
     assert run.load_space().name == SPACE
-    assert run.data_config()["name"] == "digits" and run.data_config()["subset_size"] == 192
+    assert run.data_config()["name"] == "digits" and run.data_config()["subset_size"] == 96
     hist = run.history()
     assert [h["kind"] for h in hist] == ["epoch", "stage_eval"]
     assert hist[0]["train_loss"] > 0 and "largest" in hist[1]
@@ -86,6 +95,9 @@ def test_space_mismatch_and_retrain_are_errors(full_run, tmp_path):
     cfg = {**TINY, "space": "proxyless-w1.3-small"}
     with pytest.raises(OFAError, match="space 'mbv3-w1.0-small', not 'proxyless-w1.3-small'"):
         train(TrainConfig(run=str(run), stage="kernel", **cfg), log=lambda m: None)
+    with pytest.raises(OFAError, match="must use the same data"):
+        train(TrainConfig(run=str(run), stage="kernel", **{**TINY, "data": {"name": "fashion-mnist"}}),
+              log=lambda m: None)
     with pytest.raises(OFAError, match="already trained"):
         train(TrainConfig(run=str(run), stage="full", **TINY), log=lambda m: None)
     with pytest.raises(OFAError, match="nothing to resume"):
@@ -96,14 +108,15 @@ def _cli(run: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "ofa", "train", "--run", str(run), *TINY_ARGS, *extra]
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_equals_uninterrupted_run(full_run, tmp_path):
-    """The kernel stage (KD from `full`, 2 subnets/step, elastic resolution), 2 epochs x 4 steps, checkpoint every
+    """The kernel stage (KD from `full`, 2 subnets/step, elastic resolution), 2 epochs x 2 steps, checkpoint every
     step: killed with SIGKILL mid-run and resumed, it ends with exactly the weights of an uninterrupted run."""
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     shutil.copytree(full_run, ref)
     shutil.copytree(full_run, killed)
-    stage_args = ("--stage", "kernel", "--epochs", "2", "--max-steps", "4")
-    train(TrainConfig(run=str(ref), stage="kernel", epochs=2, max_steps=4, **TINY), log=lambda m: None)
+    stage_args = ("--stage", "kernel", "--epochs", "2", "--max-steps", "2", "--no-stage-eval")
+    train(TrainConfig(run=str(ref), stage="kernel", epochs=2, max_steps=2, stage_eval=False, **TINY), log=lambda m: None)
 
     proc = subprocess.Popen(_cli(killed, *stage_args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     state_file = RunDir(killed).state_file
@@ -115,7 +128,7 @@ def test_sigkill_and_resume_equals_uninterrupted_run(full_run, tmp_path):
                 st = torch.load(state_file, weights_only=True)
             except Exception:  # being replaced right now: read again
                 st = None
-            if st is not None and st["stage"] == "kernel" and (st["epoch"], st["step"]) >= (0, 3):
+            if st is not None and st["stage"] == "kernel" and (st["epoch"], st["step"]) >= (0, 1):
                 os.kill(proc.pid, signal.SIGKILL)
                 killed_at = (st["epoch"], st["step"])
                 break
@@ -139,3 +152,25 @@ def test_sigkill_and_resume_equals_uninterrupted_run(full_run, tmp_path):
     assert any(not torch.equal(base[k], a[k]) for k in a)
     hist = RunDir(killed).history()
     assert [(h["stage"], h["epoch"]) for h in hist if h["kind"] == "epoch"] == [("full", 1), ("kernel", 1), ("kernel", 2)]
+
+
+def test_step_sampling_is_deterministic_restricted_and_sandwiched():
+    import random
+
+    from elastic.spaces import get_space
+    from ofa.training.loop import derive_seed, sample_step_archs
+
+    sp = get_space(SPACE)
+    p1 = stage_phases("depth", sp)[0]  # kernels 3/5/7, expand 6, depths {3, 4}
+    key = derive_seed(3, 2, 1, 0, 5, "archs")
+    a = sample_step_archs(sp, p1, random.Random(key), 4, True, 28)
+    b = sample_step_archs(sp, p1, random.Random(key), 4, True, 28)
+    assert a == b and len(a) == 4
+    assert a[0] == sp.largest(28)
+    assert a[1].d == (3,) * sp.n_stages and set(a[1].ks) == {3} and set(a[1].e) == {6}
+    for arch in a:
+        sp.validate(arch)
+        assert arch.r == 28 and set(arch.e) == {6} and set(arch.d) <= {3, 4}
+    other = sample_step_archs(sp, p1, random.Random(derive_seed(3, 2, 1, 0, 6, "archs")), 4, False, 28)
+    assert other != a  # another step, other subnets
+    assert [sample_step_archs(sp, stage_phases("full", sp)[0], random.Random(1), 3, False, 24)] == [[sp.largest(24)]]

@@ -23,6 +23,7 @@ def fit_predictor_cmd(
     calib_images: int = typer.Option(2000, "--calib-images", help="Training images for BN recalibration."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate on at most this many validation images."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda (default: cuda when present)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for evaluation (default: torch's)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Collect (resumable) an accuracy dataset from RUN, fit the best predictor, save it under RUN/predictors/."""
@@ -41,7 +42,7 @@ def fit_predictor_cmd(
     rd = RunDir(run)
     space = rd.load_space()
     data = collect_from_run(rd.path, samples, seed=seed, resume=resume, calib_images=calib_images, limit=limit,
-                            device=device, progress=not as_json)
+                            device=device, threads=threads, progress=not as_json)
     pred = fit_accuracy_predictor(space, data.archs, data.accuracies, kinds=kind_list, folds=folds, holdout=holdout,
                                   seed=seed)
     pred.meta.update({"run": str(rd.path), "dataset": str(dataset_paths(rd.path)[0].name)})

@@ -19,11 +19,12 @@ def profile(
     threads: int = typer.Option(1, "--threads", help="Intra-op threads."),
     space: str = typer.Option("mbv3-w1.0", "--space", help="Search space whose subnets are timed (see `ofa spaces`)."),
     name: str = typer.Option(None, "--name", help="Profile name (default: the device name)."),
-    n_fit: int = typer.Option(60, "--fit", help="Subnets measured to fit the model."),
+    n_fit: int = typer.Option(100, "--fit", help="Subnets measured to fit the model."),
     n_test: int = typer.Option(20, "--test", help="Fresh subnets measured to report the error."),
-    repeats: int = typer.Option(3, "--repeats", help="Timed runs per network per round."),
-    rounds: int = typer.Option(10, "--rounds", help="Interleaved rounds over all networks."),
+    repeats: int = typer.Option(2, "--repeats", help="Timed runs per network per round."),
+    rounds: int = typer.Option(30, "--rounds", help="Interleaved rounds over all networks."),
     seed: int = typer.Option(0, "--seed"),
+    clock: str = typer.Option("auto", "--clock", help="auto | wall | thread (thread CPU time: 1 CPU thread only)."),
     as_json: bool = typer.Option(False, "--json", help="Print the error report as JSON."),
 ) -> None:
     """Time sampled subnets on this machine, fit a latency profile, report its error on fresh subnets, save it."""
@@ -35,7 +36,7 @@ def profile(
     with Progress(transient=True) as bar:
         task = bar.add_task(f"timing {n_fit + n_test} subnets of {space}", total=1)
         prof = fit_measured_profile(sp, name=name or device, device=device, runtime=runtime, threads=threads,
-                                    n_fit=n_fit, n_test=n_test, seed=seed, repeats=repeats, rounds=rounds,
+                                    n_fit=n_fit, n_test=n_test, seed=seed, repeats=repeats, rounds=rounds, clock_name=clock,
                                     progress=lambda i, n: bar.update(task, completed=i / n))
     path = save_user_profile(prof)
     if as_json:

@@ -21,6 +21,8 @@ def train_cmd(
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset cache directory."),
     download: bool = typer.Option(False, "--download", help="Let torchvision download the dataset."),
     space: Optional[str] = typer.Option(None, "--space", help="Search space (default: mbv3-w1.0-small for <=64px data)."),
+    resolutions: Optional[str] = typer.Option(None, "--resolutions", help="Comma-separated input resolutions "
+                                              "replacing the space's (e.g. 24,28,32)."),
     schedule: str = typer.Option("full", "--schedule", help="full | quick (the under-10-minute CPU schedule)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs of each stage (phase 1 of depth/expand: a quarter)."),
     full_epochs: Optional[int] = typer.Option(None, "--full-epochs", help="Epochs of the full stage (default: --epochs)."),
@@ -40,6 +42,7 @@ def train_cmd(
     save_every: int = typer.Option(100, "--save-every", help="Checkpoint every K steps."),
     eval_subnets: Optional[int] = typer.Option(None, "--eval-subnets", help="Random subnets evaluated at stage ends."),
     eval_split: str = typer.Option("val", "--eval-split", help="val | test for stage-end evaluations."),
+    no_stage_eval: bool = typer.Option(False, "--no-stage-eval", help="Skip the stage-end subnet evaluations."),
     bn_mode: str = typer.Option("train", "--bn-mode", help="train | frozen (BN statistics frozen while training)."),
     no_augment: bool = typer.Option(False, "--no-augment", help="No random shifts/flips."),
     dropout: Optional[float] = typer.Option(None, "--dropout", help="Override the space's dropout."),
@@ -67,12 +70,21 @@ def train_cmd(
         data_cfg["eval_size"] = eval_size
     if data is None and len(data_cfg) == 1:
         data_cfg = {}
+    res_list = None
+    if resolutions:
+        try:
+            res_list = [int(r) for r in resolutions.split(",") if r.strip()]
+        except ValueError:
+            from elastic.errors import OFAError
+
+            raise OFAError(f"--resolutions must be comma-separated integers, got {resolutions!r}") from None
     cfg = TrainConfig(
-        run=str(run), stage=stage, space=space, data=data_cfg, schedule=schedule, epochs=epochs,
+        run=str(run), stage=stage, space=space, resolutions=res_list, data=data_cfg, schedule=schedule, epochs=epochs,
         full_epochs=full_epochs, batch_size=batch_size, lr=lr, opt=opt, weight_decay=weight_decay,
         warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, seed=seed, n_subnets=n_subnets,
         sandwich=sandwich, kd_ratio=kd_ratio, max_steps=max_steps, save_every=save_every,
-        eval_subnets=eval_subnets, eval_split=eval_split, augment=not no_augment, bn_mode=bn_mode, dropout=dropout,
+        eval_subnets=eval_subnets, eval_split=eval_split, stage_eval=not no_stage_eval, augment=not no_augment,
+        bn_mode=bn_mode, dropout=dropout,
         device=device, threads=threads, workers=workers, overwrite=overwrite, progress=not no_progress,
     )
     console = Console(stderr=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import math
 import random
 import time
 from dataclasses import replace
@@ -107,6 +106,10 @@ def _make_scheduler(optimizer, cfg: TrainConfig, lr: float, total_steps: int, st
     from timm.scheduler import CosineLRScheduler
 
     warmup = min(int(round(cfg.resolved("warmup_epochs") * steps_per_epoch)), total_steps // 4)
+    if total_steps <= 1:  # timm warns that a 1-step cosine does nothing; that is expected in tiny runs
+        import logging
+
+        logging.getLogger("timm.scheduler.cosine_lr").setLevel(logging.ERROR)
     return CosineLRScheduler(optimizer, t_initial=max(total_steps, 1), lr_min=lr * cfg.min_lr_ratio,
                              warmup_t=warmup, warmup_lr_init=lr * 0.1 if warmup else 0.0, warmup_prefix=False,
                              t_in_epochs=False)
@@ -184,10 +187,15 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] | N
         stored = run.data_config()
         if cfg.data.get("name") is None or resume:
             data_kwargs = stored
-        elif _norm_data(stored) != _norm_data({**stored, **{k: v for k, v in data_kwargs.items() if v is not None}}):
-            raise OFAError(f"run {run.path} was trained on data {stored}; a later stage must use the same data "
-                           f"(leave --data out to reuse it)")
         else:
+            from ofa.data import _resolve_name
+
+            given = {k: v for k, v in cfg.data.items() if v is not None and k != "download"}
+            given["name"] = _resolve_name(given["name"], given.get("root"))[0]
+            clash = {k: v for k, v in given.items() if stored.get(k) != v}
+            if clash:
+                raise OFAError(f"run {run.path} was trained on data {stored}; a later stage must use the same data "
+                               f"(got {clash}; leave --data out to reuse the run's)")
             data_kwargs = stored
     if info.is_main:
         bundle = get_data(**data_kwargs)
@@ -197,6 +205,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] | N
     if getattr(bundle, "note", "") and not run.data_file.exists():
         say(bundle.note)
     say(f"data {bundle.summary()}")
+    cfg = replace(cfg, dataset=bundle.name)
     space = _resolve_space(run, cfg, bundle, stages)
     if info.is_main:
         run.path.mkdir(parents=True, exist_ok=True)
@@ -221,18 +230,22 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] | N
     return summary
 
 
-def _norm_data(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: d.get(k) for k in ("name", "root", "val_size", "split_seed", "subset_size", "eval_size", "image_size")}
-
-
 def _resolve_space(run: RunDir, cfg: TrainConfig, bundle: DataBundle, stages: list[str]) -> SpaceSpec:
     if run.space_file.exists():
         space = run.load_space()
         if cfg.space is not None and cfg.space != space.name:
             raise OFAError(f"run {run.path} holds a supernet of space '{space.name}', not '{cfg.space}'; "
                            "leave --space out or use another --run")
+        if cfg.resolutions and tuple(sorted(set(cfg.resolutions))) != tuple(space.resolutions):
+            raise OFAError(f"run {run.path} was trained at resolutions {list(space.resolutions)}, not "
+                           f"{sorted(set(cfg.resolutions))}; leave --resolutions out or use another --run")
     else:
         space = get_space(cfg.space or default_space_name(bundle.native_res), n_classes=bundle.n_classes)
+        if cfg.resolutions:
+            res = tuple(sorted({int(r) for r in cfg.resolutions}))
+            if min(res) < 8:
+                raise OFAError(f"resolutions must be >= 8 pixels, got {list(res)}")
+            space = replace(space, resolutions=res)
     if space.n_classes != bundle.n_classes:
         raise OFAError(f"space has {space.n_classes} classes but data '{bundle.name}' has {bundle.n_classes}")
     if stages[0] != "full" and not run.stage_weights_file(previous_stage(stages[0])).exists():
@@ -304,8 +317,8 @@ def _train_stage(stage: str, cfg: TrainConfig, run: RunDir, space: SpaceSpec, bu
         epochs = cfg.epochs_for(phase)
         n_train = len(bundle.train)
         steps_per_epoch = n_train // batch
-        if cfg.max_steps:
-            steps_per_epoch = min(steps_per_epoch, cfg.max_steps)
+        if cfg.max_steps_for(stage):
+            steps_per_epoch = min(steps_per_epoch, cfg.max_steps_for(stage))
         if steps_per_epoch < 1:
             raise OFAError(f"{n_train} training images are fewer than one batch of {batch}; lower --batch-size")
         lr = cfg.base_lr() * phase.lr_factor
@@ -416,17 +429,19 @@ def _train_stage(stage: str, cfg: TrainConfig, run: RunDir, space: SpaceSpec, bu
     model.set_active(space.largest())
     if info.is_main:
         run.save_weights(model, space, stage=stage)
-        archs = subnets_to_report(space, cfg.resolved("eval_subnets"), seed=cfg.seed)
-        rows = evaluate_subnets(model, space, bundle, archs, cfg.eval_split, cfg.resolved("calib_images"), device)
-        ev = {"stage": stage, "split": cfg.eval_split, "subnets": rows, "seconds": time.time() - t_stage}
-        run.save_stage_eval(stage, ev)
-        run.append_history({"kind": "stage_eval", "stage": stage, "phase": None, "epoch": None,
-                            "split": cfg.eval_split, **{r["name"]: r["acc"] for r in rows}})
+        rows = []
+        if cfg.stage_eval:
+            archs = subnets_to_report(space, cfg.resolved("eval_subnets"), seed=cfg.seed)
+            rows = evaluate_subnets(model, space, bundle, archs, cfg.eval_split, cfg.resolved("calib_images"), device)
+            ev = {"stage": stage, "split": cfg.eval_split, "subnets": rows, "seconds": time.time() - t_stage}
+            run.save_stage_eval(stage, ev)
+            run.append_history({"kind": "stage_eval", "stage": stage, "phase": None, "epoch": None,
+                                "split": cfg.eval_split, **{r["name"]: r["acc"] for r in rows}})
         run.save_train_state({"version": STATE_VERSION, "config": cfg.to_dict(), "stage": stage, "phase": len(phases),
                               "epoch": 0, "step": 0, "done": stage == stages_for(cfg.stage)[-1],
                               "next_stage": _next(stage, cfg)})
-        say(f"stage '{stage}' done in {time.time() - t_stage:.0f}s; {cfg.eval_split} accuracy: " +
-            ", ".join(f"{r['name']} {r['acc']:.2%}" for r in rows))
+        say(f"stage '{stage}' done in {time.time() - t_stage:.0f}s" + (f"; {cfg.eval_split} accuracy (BN recalibrated): " +
+            ", ".join(f"{r['name']} {r['acc']:.2%}" for r in rows) if rows else ""))
         results["eval"] = rows
     barrier(info)
     results = broadcast_object(info, results)

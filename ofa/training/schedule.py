@@ -66,10 +66,22 @@ def previous_stage(stage: str) -> str | None:
 # weight decay, warmup epochs, label smoothing, training subset size, eval images) per schedule.
 _SCHEDULE_DEFAULTS: dict[str, dict[str, Any]] = {
     "full": dict(full_epochs=40, stage_epochs=20, batch_size=256, lr=0.15, weight_decay=5e-5, warmup_epochs=1.0,
-                 label_smoothing=0.1, subset_size=None, eval_size=None, calib_images=2000, eval_subnets=4),
-    # the under-10-minute CPU schedule (2 cores): a 12k-image subset, one epoch per phase
-    "quick": dict(full_epochs=3, stage_epochs=1, batch_size=128, lr=0.2, weight_decay=5e-5, warmup_epochs=0.2,
-                  label_smoothing=0.1, subset_size=12000, eval_size=2000, calib_images=500, eval_subnets=2),
+                 label_smoothing=0.1, subset_size=None, eval_size=None, calib_images=2000, eval_subnets=4,
+                 elastic_max_steps=None),
+    # the CPU schedule aimed at < 10 minutes on 2 cores: a 6k-image subset, 2 epochs of the largest subnet, then
+    # each of the 5 elastic phases for at most 8 steps (~1k images, 2 subnets per step); ~25k image passes in all
+    "quick": dict(full_epochs=2, stage_epochs=1, batch_size=128, lr=0.2, weight_decay=5e-5, warmup_epochs=0.2,
+                  label_smoothing=0.1, subset_size=6000, eval_size=1000, calib_images=256, eval_subnets=2,
+                  elastic_max_steps=8),
+}
+
+
+# Per-dataset adjustments of the schedule defaults (small datasets get more epochs, CIFAR the usual long runs).
+_DATASET_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
+    ("full", "digits"): dict(full_epochs=60, stage_epochs=30, batch_size=128, calib_images=1000),
+    ("full", "cifar10"): dict(full_epochs=120, stage_epochs=60, weight_decay=5e-4),
+    ("full", "cifar100"): dict(full_epochs=150, stage_epochs=75, weight_decay=5e-4),
+    ("quick", "digits"): dict(full_epochs=10, stage_epochs=2, batch_size=64, elastic_max_steps=None),
 }
 
 
@@ -79,6 +91,7 @@ class TrainConfig:
     run: str
     stage: str = "all"
     space: str | None = None              # default: mbv3-w1.0-small for <= 64 px data, else mbv3-w1.0
+    resolutions: list[int] | None = None  # restrict/replace the space's resolutions (stored in space.json)
     data: dict[str, Any] = field(default_factory=dict)   # ofa.data.get_data keyword arguments
     schedule: str = "full"
     epochs: int | None = None             # epochs of each stage (phase 1 of depth/expand gets a quarter)
@@ -99,6 +112,7 @@ class TrainConfig:
     save_every: int = 100                 # checkpoint every K steps (and at every epoch end)
     eval_subnets: int | None = None       # random subnets evaluated at each stage end (+ largest, smallest)
     eval_split: str = "val"
+    stage_eval: bool = True               # evaluate largest/smallest/random subnets at each stage end
     calib_images: int | None = None       # training images for BN recalibration before an evaluation
     eval_every: int = 1                   # validate the largest subnet every N epochs (0: never)
     augment: bool = True
@@ -109,6 +123,7 @@ class TrainConfig:
     workers: int = 0
     overwrite: bool = False
     progress: bool = True
+    dataset: str | None = None            # set by the trainer once the data is loaded (selects defaults)
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -143,7 +158,8 @@ class TrainConfig:
 
     # ---- resolved values (defaults filled from the schedule) ------------------------------------------
     def default(self, name: str) -> Any:
-        return _SCHEDULE_DEFAULTS[self.schedule][name]
+        per_data = _DATASET_DEFAULTS.get((self.schedule, self.dataset or ""), {})
+        return per_data[name] if name in per_data else _SCHEDULE_DEFAULTS[self.schedule][name]
 
     def resolved(self, name: str) -> Any:
         v = getattr(self, name, None)
@@ -160,6 +176,12 @@ class TrainConfig:
         if self.lr is not None:
             return self.lr
         return self.default("lr") * self.resolved("batch_size") / 256
+
+    def max_steps_for(self, stage: str) -> int | None:
+        """Cap on steps per epoch: --max-steps, else the schedule's cap for the elastic stages (quick)."""
+        if self.max_steps is not None:
+            return self.max_steps
+        return None if stage == "full" else self.default("elastic_max_steps")
 
     def subnets_per_step(self, stage: str) -> int:
         return 1 if stage == "full" else self.n_subnets

@@ -32,6 +32,7 @@ class LossSettings:
     beta: float = 0.6
     lam: float = 0.1
     estimator: str = "two_path"
+    one_sided: bool = True
     rescale: bool = True
 
     def __post_init__(self) -> None:
@@ -40,13 +41,18 @@ class LossSettings:
         if not self.target > 0:
             raise OFAError(f"latency target must be positive, got {self.target!r}")
 
-    def strengthen(self, factor: float = 2.0) -> str:
-        """Make the latency term pull harder (used when the argmax misses the budget); says what it changed."""
+    def strengthen(self, factor: float = 2.0, target_step: float = 0.95) -> str:
+        """Make the latency term pull harder (used when the argmax misses the budget): a larger beta / lambda and
+        a target 5% lower (the argmax can miss while the expectation fits); says what it changed."""
+        self.target *= target_step
         if self.form == "mul":
             self.beta *= factor
-            return f"beta -> {self.beta:g}"
+            return f"beta -> {self.beta:g}, target -> {self.target:.4g}"
         self.lam *= factor
-        return f"lambda -> {self.lam:g}"
+        return f"lambda -> {self.lam:g}, target -> {self.target:.4g}"
+
+    def loss(self, ce: torch.Tensor, expected_latency: torch.Tensor) -> torch.Tensor:
+        return latency_loss(ce, expected_latency, self.target, self.form, self.beta, self.lam, self.one_sided)
 
 
 @dataclass
@@ -69,7 +75,7 @@ def weight_step(model: nn.Module, mixed: Sequence[MixedOp], x: torch.Tensor, y: 
     loss = F.cross_entropy(model(x), y)
     loss.backward()
     optimizer.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def arch_step(model: nn.Module, mixed: Sequence[MixedOp], x: torch.Tensor, y: torch.Tensor,
@@ -85,7 +91,7 @@ def arch_step(model: nn.Module, mixed: Sequence[MixedOp], x: torch.Tensor, y: to
         set_modes(mixed, "two_path", generator)
         ce = F.cross_entropy(model(x), y)
         elat = expected_latency()
-        loss = latency_loss(ce, elat, s.target, s.form, s.beta, s.lam)
+        loss = s.loss(ce, elat)
         loss.backward()
         before = [a.detach().clone() for a in alphas]
         optimizer.step()
@@ -94,14 +100,14 @@ def arch_step(model: nn.Module, mixed: Sequence[MixedOp], x: torch.Tensor, y: to
                 if m.last_subset is not None and len(m.last_subset) == 2:
                     rescale_two_paths(m.alpha, m.last_subset, b)
         # the weights of the fixed layers got input gradients through the active paths: they are not updated here
-        return {"ce": float(ce), "expected_latency": float(elat), "loss": float(loss)}
+        return {"ce": float(ce.detach()), "expected_latency": float(elat.detach()), "loss": float(loss.detach())}
     state = reinforce if reinforce is not None else ReinforceState()
     set_modes(mixed, "single", generator)
     with torch.no_grad():
         ce = F.cross_entropy(model(x), y)
     idx = [m.last_active for m in mixed]
     lat = float(latency_of(idx))
-    reward = -float(latency_loss(ce, torch.tensor(lat), s.target, s.form, s.beta, s.lam))
+    reward = -float(s.loss(ce, torch.tensor(lat)))
     if state.baseline is None:
         state.baseline = reward
     log_prob = sum(F.log_softmax(m.alpha, 0)[i] for m, i in zip(mixed, idx))

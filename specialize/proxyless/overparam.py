@@ -7,8 +7,8 @@ every stage changes the resolution or width and has no zero candidate. Stem, fix
 those of the space.
 
 `derive()` turns the most probable candidates into a `NetSpec` (zero blocks dropped), built into a plain
-network by `elastic.static_net.StaticNet`; where the dropped blocks are the trailing ones of each stage and
-the choices fit the space, the result is also an `Arch` of the space.
+network by `elastic.static_net.StaticNet`; where every stage keeps a depth the space allows (and the candidates
+are values of the space), the result is also an `Arch` of the space, so `ofa.load` can rebuild it.
 """
 from __future__ import annotations
 
@@ -101,40 +101,36 @@ class OverParamNet(nn.Module):
         return [m.chosen() for m in self.mixed]
 
     def derive(self, indices: Sequence[int] | None = None) -> tuple[NetSpec, Arch | None]:
-        """The network of the given (default: most probable) candidate per block, and its Arch where it is one."""
+        """The network of the given (default: most probable) candidate per block, and its Arch where it is one.
+
+        A zero block is the identity, and the non-first blocks of a stage all have the same shape (stride 1, same
+        width in and out), so dropping the zero blocks and keeping the others in order is the same network: it is
+        an Arch of the space whenever every stage keeps an allowed depth and the candidates are allowed values.
+        """
         idx = list(self.chosen() if indices is None else indices)
+        if len(idx) != len(self.choices):
+            raise OFAError(f"need one candidate index per searchable block ({len(self.choices)}), got {len(idx)}")
         spec = self.full_spec
+        sp = self.space
         blocks = [spec.blocks[0]]
         ks, es, ds = [], [], []
         pos = 0
-        trailing_only = True
-        for s, n in enumerate(self.space.stage_max_depth):
-            depth, ended = 0, False
-            for j in range(n):
-                c = self.choices[pos + j][idx[pos + j]]
-                if c is ZERO:
-                    ended = True
-                    ks.append(min(self.space.ks_choices))
-                    es.append(min(self.space.e_choices))
-                    continue
-                if ended:
-                    trailing_only = False
-                k, e = c
+        for s, n in enumerate(sp.stage_max_depth):
+            kept = [self.choices[pos + j][idx[pos + j]] for j in range(n)]
+            kept = [c for c in kept if c is not ZERO]
+            for j, (k, e) in enumerate(kept):
                 blocks.append(_block_spec(spec.blocks[1 + pos + j], k, e))
-                ks.append(k)
-                es.append(e)
-                depth += 1
-            ds.append(depth)
+            ks += [k for k, _ in kept] + [min(sp.ks_choices)] * (n - len(kept))
+            es += [e for _, e in kept] + [min(sp.e_choices)] * (n - len(kept))
+            ds.append(len(kept))
             pos += n
         net = replace(spec, blocks=tuple(blocks), meta={"search": "proxyless"})
         arch = Arch(tuple(ks), tuple(es), tuple(ds), self.resolution)
-        if trailing_only:
-            try:
-                self.space.validate(arch)
-                return net, arch
-            except OFAError:
-                pass
-        return net, None
+        try:
+            sp.validate(arch)
+        except OFAError:
+            return net, None
+        return net, arch
 
     def describe(self, indices: Sequence[int] | None = None) -> list[str]:
         idx = list(self.chosen() if indices is None else indices)

@@ -47,6 +47,7 @@ class StandaloneConfig:
     beta: float = 0.6
     lam: float = 0.1
     estimator: str = "two_path"
+    one_sided: bool = True           # latency term only above the target (see loss.py)
     budget_rounds: int = 3
     budget_steps: int = 50
     seed: int = 0
@@ -89,7 +90,7 @@ def search_standalone(net: OverParamNet, table: OpLatencyTable, train_batches: B
     w_opt = torch.optim.SGD(weight_parameters(net), lr=cfg.weight_lr, momentum=0.9, nesterov=True,
                             weight_decay=cfg.weight_decay)
     a_opt = make_arch_optimizer(mixed, cfg.arch_lr)
-    settings = LossSettings(cfg.target, cfg.form, cfg.beta, cfg.lam, cfg.estimator)
+    settings = LossSettings(cfg.target, cfg.form, cfg.beta, cfg.lam, cfg.estimator, cfg.one_sided)
     rl = ReinforceState()
     expected = lambda: table.expected([m.probs for m in mixed])  # noqa: E731
     history: list[dict[str, Any]] = []
