@@ -5,7 +5,9 @@ values each elastic dimension may take. It validates archs, samples/mutates/cros
 into a `NetSpec` (the static network that arch denotes).
 
 Spaces: `mbv3-w1.0`, `mbv3-w1.2` (OFA-MobileNetV3), `proxyless-w1.3` (OFA-ProxylessNAS), and their
-small-input variants `*-small` for 28-32 px data (stem without stride: one stride-2 layer fewer).
+small-input variants `*-small` for 28-32 px data (the last stride-2 stage keeps its resolution: one stride-2
+layer fewer, so a 32 px input ends at 2x2 like a 64 px one would; chosen over an unstrided stem, which costs
+2.5x the MACs for the same depth of downsampling).
 """
 from __future__ import annotations
 
@@ -254,8 +256,8 @@ def _mbv3(name: str, width: float, n_classes: int, small: bool) -> SpaceSpec:
     w = [make_divisible(c * width, 8) for c in base[:-1]]
     return SpaceSpec(
         name=name, family="mbv3", width_mult=width,
-        stem_channels=w[0], stem_stride=1 if small else 2, first_block_channels=w[1],
-        stage_widths=tuple(w[2:7]), stage_strides=(2, 2, 2, 1, 2),
+        stem_channels=w[0], stem_stride=2, first_block_channels=w[1],
+        stage_widths=tuple(w[2:7]), stage_strides=(2, 2, 2, 1, 1) if small else (2, 2, 2, 1, 2),
         stage_acts=("relu", "relu", "h_swish", "h_swish", "h_swish"),
         stage_se=(False, True, False, True, True), stage_max_depth=(4, 4, 4, 4, 4),
         final_expand_channels=w[7], feature_mix_channels=make_divisible(base[8] * width, 8) if width > 1.0 else base[8],
@@ -271,8 +273,8 @@ def _proxyless(name: str, width: float, n_classes: int, small: bool) -> SpaceSpe
     w = [make_divisible(c * width, 8) for c in base]
     return SpaceSpec(
         name=name, family="proxyless", width_mult=width,
-        stem_channels=w[0], stem_stride=1 if small else 2, first_block_channels=w[1],
-        stage_widths=tuple(w[2:8]), stage_strides=(2, 2, 2, 1, 2, 1),
+        stem_channels=w[0], stem_stride=2, first_block_channels=w[1],
+        stage_widths=tuple(w[2:8]), stage_strides=(2, 2, 2, 1, 1, 1) if small else (2, 2, 2, 1, 2, 1),
         stage_acts=("relu6",) * 6, stage_se=(False,) * 6, stage_max_depth=(4, 4, 4, 4, 4, 1),
         final_expand_channels=None, feature_mix_channels=w[8] if width > 1.0 else base[8],
         head_act="relu6", first_act="relu6", first_block_act="relu6", mix_after_pool=False, bn_eps=1e-3,

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     except click_exceptions.ClickException as exc:
         print(f"error: {exc.format_message()}", file=sys.stderr)
         sys.exit(2)
-    except (click_exceptions.Abort, typer.Abort):
+    except typer.Abort:  # (typer's vendored click has no Abort)
         print("error: aborted", file=sys.stderr)
         sys.exit(130)
     except typer.Exit as exc:

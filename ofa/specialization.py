@@ -58,7 +58,10 @@ def _as_text(value: Any, unit: str) -> str | None:
 
 
 def build_constraints(latency: Any = None, macs: Any = None, params: Any = None):
-    """Budgets from strings ('40ms', '20ms,30ms', '300M', '5M') or numbers (ms, MACs, params)."""
+    """Budgets from strings ('40ms', '20ms,30ms', '300M', '5M') or numbers (ms, MACs, params).
+
+    One `Constraints` per value of the (single) kind given several values, ascending; single values apply to all.
+    """
     from specialize.budget import Constraints, parse_latencies, parse_macs_list, parse_params_list
 
     lat = parse_latencies(_as_text(latency, "ms")) if latency is not None else [None]
@@ -105,7 +108,8 @@ def specialize(run: str | Path | None = None, *, device: str, latency: Any = Non
     """Search the best arch per budget and (with a run) write each extracted network to disk.
 
     `latency` takes '40ms' / '20ms,30ms,40ms' / 40.0 / [20, 30]; `macs` '300M'; `params` '5M'.
-    Returns one `Specialized` per budget, in the order given.
+    Returns one `Specialized` per budget, tightest first. `search_overrides` go to the evolution (population=,
+    generations=, patience=, ...). Re-specializing a budget replaces its folder atomically.
     """
     from ofa.export import parse_exports
     from predictors.latency import get_latency_predictor
@@ -129,7 +133,7 @@ def specialize(run: str | Path | None = None, *, device: str, latency: Any = Non
         pred_dir = rd.path / "predictors"
         if accuracy_predictor is not None:
             acc_pred = _load_accuracy_predictor(accuracy_predictor, sp)
-        elif not (pred_dir / "accuracy_predictor.json").exists() and not any(pred_dir.glob("*.json")):
+        elif not (pred_dir / "accuracy_predictor.json").exists():
             raise OFAError(f"run {rd.path} has no accuracy predictor yet; run `ofa fit-predictor --run {rd.path}` first")
         else:
             acc_pred = AccuracyPredictor.load(pred_dir)
@@ -137,16 +141,23 @@ def specialize(run: str | Path | None = None, *, device: str, latency: Any = Non
         if space is None:
             raise OFAError("give --run DIR (a trained run) or --space NAME with --accuracy-predictor PATH")
         sp = get_space(space)
-        if accuracy_predictor is None and not sp.name.startswith("mbv3-w1.2"):
-            raise OFAError(f"searching space {sp.name} without a run needs --accuracy-predictor PATH")
+        if accuracy_predictor is None and sp.name != "mbv3-w1.2":
+            raise OFAError(f"searching space {sp.name} without a run needs --accuracy-predictor PATH "
+                           f"(only mbv3-w1.2 has a built-in one: OFA's published ImageNet predictor)")
         acc_pred = _load_accuracy_predictor(accuracy_predictor, sp)
 
     profile = load_profile(device)
     device = profile.name  # a profile given as a file path is labelled by its name
-    lat_pred = get_latency_predictor(profile, sp)
-    if any(c.latency_ms is not None for c in cons) and profile.unit != "ms":
+    if profile.unit == "ms":
+        lat_pred = get_latency_predictor(profile, sp)
+    elif any(c.latency_ms is not None for c in cons):
         raise OFAError(f"device '{device}' is a {profile.unit} proxy, not a latency model; "
                        f"use --macs/--params budgets with it, or a latency device (see `ofa devices`)")
+    else:
+        lat_pred = None  # a MACs/params proxy: its "latency" is the count itself, searched via --macs/--params
+    base = Path(out_dir) if out_dir is not None else (rd.path / "specialized" if rd is not None else None)
+    if pareto and base is None:
+        raise OFAError("--pareto without --run needs --out DIR for the plot and its JSON")
 
     t0 = time.perf_counter()
     if backend == "evolution":
@@ -163,7 +174,6 @@ def specialize(run: str | Path | None = None, *, device: str, latency: Any = Non
                            macs=float(r.macs), params=float(r.params), search_seconds=search_seconds, note=r.note)
                for r in found]
 
-    base = Path(out_dir) if out_dir is not None else (rd.path / "specialized" if rd is not None else None)
     if rd is not None:
         _materialize(rd, sp, results, profile, exports, calib_images, measure, evaluate, base, backend, seed,
                      progress)
@@ -175,7 +185,10 @@ def specialize(run: str | Path | None = None, *, device: str, latency: Any = Non
 
         plot_pareto(front, base / f"{device}_pareto.png", chosen=found, device=device,
                     title=f"{sp.name} on {device}")
-        atomic.write_json(base / f"{device}_pareto.json", {"device": device, "space": sp.name, "front": front})
+        points = [{**p, "arch": p["arch"].to_dict()} for p in front]
+        atomic.write_json(base / f"{device}_pareto.json",
+                          {"device": device, "space": sp.name, "front": points,
+                           "chosen": [{"budget": r.budget, "arch": r.arch.to_dict()} for r in results]})
     return results
 
 
@@ -261,7 +274,8 @@ def _materialize(rd, sp, results, profile, exports, calib_images, measure, evalu
         meta["classes"] = list(getattr(bundle, "classes", []) or []) if bundle is not None else []
         meta["input"] = {"resolution": r.arch.r, "channels": sp.in_channels,
                          "mean": list(getattr(bundle, "mean", []) or []), "std": list(getattr(bundle, "std", []) or [])}
-        r.path = save_specialized(base / f"{r.device}@{r.budget}", net, meta, exports=exports)
+        example = calib[r.arch.r][0][:4] if calib.get(r.arch.r) else None  # real images: exports checked in range
+        r.path = save_specialized(base / f"{r.device}@{r.budget}", net, meta, exports=exports, example=example)
         if progress:
             acc = f"{100 * r.test_accuracy:.2f}%" if r.test_accuracy is not None else "n/a"
             print(f"  {r.device}@{r.budget}: test accuracy {acc} -> {r.path}")

@@ -27,8 +27,10 @@ REQUIRED_FIELDS = ("format", "space", "arch")
 
 
 def save_specialized(out_dir: str | Path, net: torch.nn.Module, meta: dict[str, Any],
-                     exports: tuple[str, ...] = ()) -> Path:
-    """Write `net` and its metadata into `out_dir` (replacing it whole, atomically)."""
+                     exports: tuple[str, ...] = (), example: torch.Tensor | None = None) -> Path:
+    """Write `net` and its metadata into `out_dir`, replacing it whole: everything is written (and exports checked,
+    on `example` inputs when given) in a hidden temp dir next to it, then renamed into place; a failure midway
+    leaves the previous folder as it was."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT, **meta}
@@ -43,7 +45,7 @@ def save_specialized(out_dir: str | Path, net: torch.nn.Module, meta: dict[str, 
         if exports:
             from ofa.export import export_model
 
-            files += export_model(net, tmp, exports, resolution=int(meta["arch"]["r"]))
+            files += export_model(net, tmp, exports, resolution=int(meta["arch"]["r"]), example=example)
         meta["files"] = files
         (tmp / "arch.json").write_text(json.dumps(meta, indent=2))
         for f in tmp.iterdir():
@@ -52,7 +54,11 @@ def save_specialized(out_dir: str | Path, net: torch.nn.Module, meta: dict[str, 
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}-{time.time_ns()}")
             os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
+            try:
+                os.replace(tmp, out_dir)
+            except BaseException:
+                os.replace(old, out_dir)
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out_dir)
@@ -88,8 +94,13 @@ def read_meta(path: str | Path) -> tuple[Path, dict[str, Any]]:
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> torch.nn.Module:
     """Load a specialized network: a ready `nn.Module` in eval mode with `.arch` and `.meta`."""
     folder, meta = read_meta(path)
-    space = space_from_dict(meta["space"])
-    arch = space.validate(Arch.from_dict(meta["arch"]))
+    try:
+        space = space_from_dict(meta["space"])
+        arch = space.validate(Arch.from_dict(meta["arch"]))
+    except OFAError as exc:
+        raise OFAError(f"'{folder / 'arch.json'}' is inconsistent: {exc}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise OFAError(f"'{folder / 'arch.json'}' has a malformed space or arch ({type(exc).__name__}: {exc})") from None
     net = StaticNet(space.net_spec(arch))
     weights = folder / "model.safetensors"
     if not weights.is_file():

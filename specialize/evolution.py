@@ -186,6 +186,7 @@ class Scorer:
         self._cols = {m: np.full(1024, np.nan) for m in METRICS}   # grown by doubling
         self.n_predicted = 0
         self.n_requests = 0
+        self.acc_for: Callable[[dict[str, np.ndarray]], np.ndarray] | None = None  # rows worth an accuracy
 
     def __call__(self, g: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Canonical genomes and their metrics (accuracy, latency_ms, macs, params; NaN where not computed)."""
@@ -205,13 +206,21 @@ class Scorer:
     def _add(self, g: np.ndarray, keys: list[bytes]) -> None:
         archs = self.genome.to_archs(g)
         n = len(archs)
-        acc = np.asarray(self.acc_pred.predict(archs), dtype=np.float64).reshape(n)
         lat = (np.asarray(self.lat_pred.predict(archs), dtype=np.float64).reshape(n) if self.lat_pred is not None
                else np.full(n, np.nan))
         if self.need_macs or self.need_params:
             macs, params = arch_macs_params(self.genome.space, archs)
         else:
             macs = params = np.full(n, np.nan)
+        acc = np.full(n, np.nan)
+        # accuracy (the costly predictor) only for archs that meet at least one budget: the rest are never selected
+        want = (np.ones(n, dtype=bool) if self.acc_for is None
+                else self.acc_for({"accuracy": acc, "latency_ms": lat, "macs": macs, "params": params}))
+        if want.all():
+            acc = np.asarray(self.acc_pred.predict(archs), dtype=np.float64).reshape(n)
+        elif want.any():
+            idx = np.flatnonzero(want)
+            acc[idx] = np.asarray(self.acc_pred.predict([archs[i] for i in idx]), dtype=np.float64).reshape(len(idx))
         base, end = self.size, self.size + n
         if end > len(self._rows):
             cap = max(2 * len(self._rows), end)
@@ -273,7 +282,7 @@ class SearchOutcome:
 
 @dataclass(frozen=True)
 class EvolutionConfig:
-    population: int = 200            # children per generation per budget (OFA: 100; 200 finds better archs per second)
+    population: int = 100            # children per generation per budget (as OFA)
     generations: int = 500           # upper bound; early stop usually ends far sooner
     parent_ratio: float = 0.25
     mutation_ratio: float = 0.5
@@ -282,7 +291,7 @@ class EvolutionConfig:
     init_samples: int = 2000         # batched size-biased sample the first population is picked from
     oversample: float = 1.5          # children bred per slot (infeasible / duplicate ones are dropped)
     islands: int = 1                 # independent populations per budget (batched together)
-    repair_rounds: int = 3           # over-budget children: shrink one gene a step, up to this many times
+    repair_rounds: int = 1           # over-budget children: shrink one gene a step, up to this many times
     local_search: bool = True
     seed: int = 0
 
@@ -354,6 +363,8 @@ def _search(space: SpaceSpec, acc_pred: Any, lat_pred: Any, cons: list[Constrain
     # 3) evolve all remaining budgets side by side
     gens_run = 0
     if todo:
+        todo_cons = [cons[j] for j in todo]
+        scorer.acc_for = lambda m: np.logical_or.reduce([_feasible(c, m) for c in todo_cons])
         best_g, gens_run = _evolve([cons[j] for j in todo], genome, scorer, rng, cfg, progress, seeds)
         for j, g in zip(todo, best_g):
             gg, m = scorer(g[None, :])
@@ -611,7 +622,7 @@ def pareto_front(genome: Genome, scorer: Scorer, x: str = "latency_ms") -> list[
         xs = macs
     else:
         xs = arr[x]
-    acc = arr["accuracy"]
+    acc = np.where(np.isnan(arr["accuracy"]), -np.inf, arr["accuracy"])   # not scored (over every budget)
     if len(acc) == 0 or np.isnan(xs).all():
         return []
     order = np.lexsort((-acc, xs))

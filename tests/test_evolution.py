@@ -106,3 +106,13 @@ def test_pareto_sweep_and_plot(setup, tmp_path):
     assert len(out.results) == 3 and len(out.pareto) >= 3
     png = plot_pareto(out.pareto, tmp_path / "front.png", chosen=out.results, device="note10")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_macs_only_budget_without_a_device(setup):
+    space, acc, _ = setup
+    out = search(space, acc, None, Constraints(macs=300e6), seed=0, **FAST)
+    r = out.best
+    assert r.macs <= 300e6 and r.latency_ms is None
+    assert max(p["accuracy"] for p in out.pareto if p["macs"] <= 300e6) == pytest.approx(r.accuracy)
+    with pytest.raises(OFAError, match="fewest MACs"):
+        search(space, acc, None, Constraints(macs=1e6), **FAST)

@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from elastic.arch import Arch
 from elastic.errors import OFAError
 from elastic.spaces import get_space
 from elastic.supernet import Supernet
@@ -234,3 +233,20 @@ def test_proxyless_search_command_rejects_impossible_budget(capsys):
               "--no-progress"])
     assert exc.value.code == 2
     assert "cannot be met" in capsys.readouterr().err
+
+
+def test_greedy_fallback_reaches_budget_giving_up_least_probability():
+    from specialize.proxyless.feasible import greedy_to_budget
+
+    # three choices with additive latencies; the argmax (index 0 everywhere) costs 10 + 10 + 10 = 30
+    lat = [np.array([10.0, 5.0, 1.0]), np.array([10.0, 9.0]), np.array([10.0, 2.0])]
+    logp = [np.log([0.5, 0.45, 0.05]), np.log([0.9, 0.1]), np.log([0.6, 0.4])]
+    latency_of = lambda rows: np.array([sum(l[i] for l, i in zip(lat, r)) for r in rows])  # noqa: E731
+    idx, total, moves = greedy_to_budget([0, 0, 0], logp, latency_of, target=22.0)
+    assert total <= 22.0 and total == latency_of([idx])[0]
+    # the cheapest way in log-probability per ms saved: choice 2 -> index 1 (8 ms for log(0.6/0.4))
+    assert idx == [0, 0, 1] and moves == 1
+    idx, total, _ = greedy_to_budget([0, 0, 0], logp, latency_of, target=13.0)
+    assert total <= 13.0
+    with pytest.raises(OFAError, match="cannot be met"):
+        greedy_to_budget([0, 0, 0], logp, latency_of, target=5.0)

@@ -68,7 +68,7 @@ def train_static(net: torch.nn.Module, batches: Iterator, steps: int, lr: float,
 def proxyless_search(*, space: str = "proxyless-w1.3-small", data: str | None = None, device: str = "pixel1",
                      budget: str = "8ms", resolution: int | None = None, kernels: str = "3,5,7", expands: str = "3,6",
                      zero: bool = True, batch_size: int = 64, warmup_steps: int = 100, search_steps: int = 300,
-                     arch_every: int = 1, weight_lr: float = 0.05, arch_lr: float = 6e-3, form: str = "mul",
+                     arch_every: int = 1, weight_lr: float = 0.05, arch_lr: float = 0.02, form: str = "mul",
                      beta: float = 0.6, lam: float = 0.1, estimator: str = "two_path", one_sided: bool = True,
                      budget_rounds: int = 3,
                      budget_steps: int = 50, train_steps: int = 500, train_lr: float = 0.1,
@@ -137,7 +137,6 @@ def proxyless_search(*, space: str = "proxyless-w1.3-small", data: str | None = 
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        atomic.write_json(out / "result.json", summary)
         static.eval()
         if result.arch is not None:
             from ofa.specialized import save_specialized
@@ -153,6 +152,7 @@ def proxyless_search(*, space: str = "proxyless-w1.3-small", data: str | None = 
             atomic.write_json(out / "net_spec.json", {"blocks": summary["search"]["blocks"], "resolution": r,
                                                       "space": sp.to_dict()})
             summary["model"] = str(out / "model.safetensors")
+        atomic.write_json(out / "result.json", summary)
     return summary
 
 
@@ -172,7 +172,7 @@ def proxyless_search_cmd(
     search_steps: int = typer.Option(300, "--search-steps", help="Alternating weight / architecture steps."),
     arch_every: int = typer.Option(1, "--arch-every", help="An architecture step every K weight steps."),
     weight_lr: float = typer.Option(0.05, "--weight-lr"),
-    arch_lr: float = typer.Option(6e-3, "--arch-lr"),
+    arch_lr: float = typer.Option(0.02, "--arch-lr"),
     form: str = typer.Option("mul", "--loss", help="mul: CE x (lat/target)^beta | add: CE + lambda x lat/target."),
     beta: float = typer.Option(0.6, "--beta"),
     lam: float = typer.Option(0.1, "--lambda"),

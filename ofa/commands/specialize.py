@@ -21,7 +21,7 @@ def specialize_cmd(
     accuracy_predictor: Optional[Path] = typer.Option(None, "--accuracy-predictor", help="Accuracy predictor: a fitted predictor dir or OFA's published .pth."),
     backend: str = typer.Option("evolution", "--backend", help="evolution | proxyless"),
     export: Optional[str] = typer.Option(None, "--export", help="Also export: onnx, torchscript (comma-separated)."),
-    pareto: bool = typer.Option(False, "--pareto", help="Also write the Pareto front (PNG plot + JSON)."),
+    pareto: bool = typer.Option(False, "--pareto", help="Also write the Pareto front (PNG plot + JSON) next to the results."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default RUN/specialized)."),
     seed: int = typer.Option(0, "--seed", help="Search seed."),
     no_measure: bool = typer.Option(False, "--no-measure", help="Do not time the result on this machine."),
@@ -30,10 +30,11 @@ def specialize_cmd(
     """Find the most accurate subnet under each budget and write it to RUN/specialized/DEVICE@BUDGET/."""
     from ofa.specialization import specialize
 
-    if latency is None and macs is None and params is None and not pareto:
+    if latency is None and macs is None and params is None:
         from elastic.errors import OFAError
 
-        raise OFAError("give a budget: --latency (e.g. 40ms), --macs (e.g. 300M) and/or --params (e.g. 5M), or --pareto")
+        raise OFAError("give a budget: --latency (e.g. 40ms or 20ms,30ms,40ms), --macs (e.g. 300M) and/or --params "
+                       "(e.g. 5M); --pareto adds the front of everything scored while searching them")
     results = specialize(run, device=device, latency=latency, macs=macs, params=params, space=space,
                          accuracy_predictor=accuracy_predictor, backend=backend, export=export or (), pareto=pareto,
                          seed=seed, measure=not no_measure, out_dir=out, progress=not as_json)

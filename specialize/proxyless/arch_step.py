@@ -11,7 +11,7 @@ Weight update: one path per choice sampled from softmax(alpha) (binarized), plai
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
@@ -68,12 +68,18 @@ def set_modes(mixed: Sequence[MixedOp], mode: str, generator: torch.Generator | 
 
 
 def weight_step(model: nn.Module, mixed: Sequence[MixedOp], x: torch.Tensor, y: torch.Tensor,
-                optimizer: torch.optim.Optimizer, generator: torch.Generator | None = None) -> float:
+                optimizer: torch.optim.Optimizer, generator: torch.Generator | None = None,
+                clip_norm: float | None = 5.0) -> float:
+    """One SGD step on one path per block sampled from softmax(alpha); gradient norm clipped (a freshly
+    initialized over-parameterized net sees a different path every step and diverges easily without it)."""
     model.train()
     set_modes(mixed, "single", generator)
     optimizer.zero_grad(set_to_none=True)
     loss = F.cross_entropy(model(x), y)
     loss.backward()
+    if clip_norm is not None:
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, clip_norm)
     optimizer.step()
     return float(loss.detach())
 

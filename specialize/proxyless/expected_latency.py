@@ -25,7 +25,6 @@ zero op costs 0), plus the fixed layers (stem, first block, head).
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -89,27 +88,27 @@ class SupernetLatencyTable:
         """E[latency]. p_k: (n_blocks, n_kernels), p_e: (n_blocks, n_expands), p_d: per stage (n_depth_choices,),
         p_r: (n_resolutions,) over `self.resolutions` (None = uniform over a single resolution table)."""
         sp = self.space
-        dt = p_k.dtype
+        dt, dev = p_k.dtype, p_k.device
         nr = len(self.resolutions)
         if p_r is None:
             if nr != 1:
                 raise OFAError("expected latency over several resolutions needs their probabilities")
-            p_r = torch.ones(1, dtype=dt)
-        delta = torch.as_tensor(self.delta, dtype=dt)                    # (b, k, e, r)
+            p_r = torch.ones(1, dtype=dt, device=dev)
+        delta = torch.as_tensor(self.delta, dtype=dt, device=dev)        # (b, k, e, r)
         choice = torch.einsum("bk,be,bker->br", p_k, p_e, delta)         # (b, r)
         present = []
-        seg_total = torch.zeros(nr, dtype=dt)
+        seg_total = torch.zeros(nr, dtype=dt, device=dev)
         for s in range(sp.n_stages):
             ch = sp.depth_choices(s)
             pd = p_d[s]
             # P(d_s >= ch[i]) for each option i
             at_least = torch.flip(torch.cumsum(torch.flip(pd, [0]), 0), [0])
-            seg_total = seg_total + (at_least[:, None] * torch.as_tensor(self.seg[s, :len(ch)], dtype=dt)).sum(0)
+            seg_total = seg_total + (at_least[:, None] * torch.as_tensor(self.seg[s, :len(ch)], dtype=dt, device=dev)).sum(0)
             for j in range(sp.stage_max_depth[s]):
                 keep = [i for i, d in enumerate(ch) if d > j]
                 present.append(pd[keep].sum() if keep else pd.sum() * 0)
         present_t = torch.stack(present)                                 # (b,)
-        per_r = torch.as_tensor(self.base, dtype=dt) + seg_total + (present_t[:, None] * choice).sum(0)
+        per_r = torch.as_tensor(self.base, dtype=dt, device=dev) + seg_total + (present_t[:, None] * choice).sum(0)
         return (p_r * per_r).sum()
 
     def of_arch(self, arch: Arch) -> float:
@@ -157,9 +156,9 @@ class OpLatencyTable:
         self.unit = getattr(predictor, "unit", "ms")
 
     def expected(self, probs: Sequence[torch.Tensor]) -> torch.Tensor:
-        total = torch.tensor(self.fixed, dtype=probs[0].dtype)
+        total = torch.tensor(self.fixed, dtype=probs[0].dtype, device=probs[0].device)
         for p, lat in zip(probs, self.op_latency):
-            total = total + (p * torch.as_tensor(lat, dtype=p.dtype)).sum()
+            total = total + (p * torch.as_tensor(lat, dtype=p.dtype, device=p.device)).sum()
         return total
 
     def of_choice(self, indices: Sequence[int]) -> float:

@@ -39,6 +39,8 @@ def sample_paths(alpha: torch.Tensor, n: int, generator: torch.Generator | None 
     """Indices of `n` distinct candidates drawn from softmax(alpha) without replacement."""
     probs = F.softmax(alpha.detach().float(), dim=-1)
     n = min(n, probs.numel())
+    if generator is not None and generator.device != probs.device:
+        probs = probs.cpu()   # sampling with a CPU generator: indices come back on the CPU
     return torch.multinomial(probs, n, replacement=False, generator=generator)
 
 
@@ -149,7 +151,7 @@ class MixedOp(nn.Module):
         if mode == "two_path":
             subset = sample_paths(self.alpha, 2, self.generator)
             sub_p = F.softmax(self.alpha.detach()[subset], dim=-1)
-            active = int(torch.multinomial(sub_p, 1, generator=self.generator))
+            active = int(torch.multinomial(sub_p.cpu(), 1, generator=self.generator))
             gates = binary_gates(self.alpha, subset, active)
             self.last_subset, self.last_active = subset.tolist(), int(subset[active])
             return _GatedPaths.apply(x, gates, self, subset.tolist(), active)

@@ -13,7 +13,7 @@ are values of the space), the result is also an `Arch` of the space, so `ofa.loa
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn as nn

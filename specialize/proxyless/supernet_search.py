@@ -113,8 +113,8 @@ class _GatedBlock(torch.autograd.Function):
         if detached.requires_grad and out.requires_grad:
             (grad_x,) = torch.autograd.grad(out, detached, grad_out)
         blk, ks, es, ka, ea = ctx.block, ctx.ks, ctx.es, ctx.k_act, ctx.e_act
-        gk = torch.zeros(len(ks), dtype=grad_out.dtype)
-        ge = torch.zeros(len(es), dtype=grad_out.dtype)
+        gk = torch.zeros(len(ks), dtype=grad_out.dtype, device=grad_out.device)
+        ge = torch.zeros(len(es), dtype=grad_out.dtype, device=grad_out.device)
         saved = (blk.active_kernel, blk.active_expand)
         with torch.no_grad():
             for i, k in enumerate(ks):
@@ -149,11 +149,11 @@ def _draw(logits: torch.Tensor, n: int, gen: torch.Generator | None) -> _Draw:
     if len(subset) == 1:
         return _Draw(subset.tolist(), 0)
     p = F.softmax(logits.detach()[subset], -1)
-    return _Draw(subset.tolist(), int(torch.multinomial(p, 1, generator=gen)))
+    return _Draw(subset.tolist(), int(torch.multinomial(p.cpu(), 1, generator=gen)))
 
 
 def _gates(logits: torch.Tensor, d: _Draw) -> torch.Tensor:
-    return binary_gates(logits, torch.as_tensor(d.subset), d.active)
+    return binary_gates(logits, torch.as_tensor(d.subset, device=logits.device), d.active)
 
 
 def _resize(x: torch.Tensor, r: int) -> torch.Tensor:
@@ -203,8 +203,8 @@ def gated_forward(supernet: nn.Module, alphas: SupernetAlphas, x: torch.Tensor, 
             return blocks[b](h)
         ks = [sp.ks_choices[i] for i in dk[b].subset]
         es = [sp.e_choices[i] for i in de[b].subset]
-        g_k = gk[b] if gk[b] is not None else torch.ones(1, requires_grad=False)
-        g_e = ge[b] if ge[b] is not None else torch.ones(1, requires_grad=False)
+        g_k = gk[b] if gk[b] is not None else torch.ones(1, device=h.device)
+        g_e = ge[b] if ge[b] is not None else torch.ones(1, device=h.device)
         return _GatedBlock.apply(h, g_k, g_e, blocks[b], ks, es, dk[b].active, de[b].active)
 
     stage_fns = []
@@ -255,7 +255,7 @@ def gated_forward(supernet: nn.Module, alphas: SupernetAlphas, x: torch.Tensor, 
 class SupernetSearchConfig:
     steps: int = 150
     batch_size: int = 64             # when the data come as a bundle (anything with .loader(split, ...))
-    arch_lr: float = 6e-3
+    arch_lr: float = 0.02             # Adam, betas (0, 0.999); higher than the paper (searches here are short)
     form: str = "mul"
     beta: float = 0.6
     lam: float = 0.1
@@ -358,7 +358,8 @@ def search_over_supernet(supernet: nn.Module, latency: Any, budget_ms: float, ba
 
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    alphas = SupernetAlphas(space, res)
+    device = next(supernet.parameters()).device
+    alphas = SupernetAlphas(space, res).to(device)
     a_opt = torch.optim.Adam(alphas.parameters(), lr=cfg.arch_lr, betas=(0.0, 0.999), eps=1e-8)
     settings = LossSettings(float(budget_ms), cfg.form, cfg.beta, cfg.lam, cfg.estimator, cfg.one_sided)
     rl = ReinforceState()
@@ -385,8 +386,9 @@ def search_over_supernet(supernet: nn.Module, latency: Any, budget_ms: float, ba
 
     def weight_step() -> float:
         x, y = next(wdata)
+        x, y = x.to(device), y.to(device)
         with torch.no_grad():
-            idx = [int(torch.multinomial(F.softmax(c.detach(), -1), 1, generator=gen)) for c in alphas.choices()]
+            idx = [int(torch.multinomial(F.softmax(c.detach(), -1).cpu(), 1, generator=gen)) for c in alphas.choices()]
         arch = alphas.decode(idx)
         net.set_active(arch)
         w_opt.zero_grad(set_to_none=True)
@@ -400,6 +402,7 @@ def search_over_supernet(supernet: nn.Module, latency: Any, budget_ms: float, ba
         if w_opt is not None:
             row["weight_ce"] = weight_step()
         x, y = next(data)
+        x, y = x.to(device), y.to(device)
         a_opt.zero_grad(set_to_none=True)
         if settings.estimator == "two_path":
             before = [c.detach().clone() for c in alphas.choices()]
@@ -419,7 +422,7 @@ def search_over_supernet(supernet: nn.Module, latency: Any, budget_ms: float, ba
             row.update(ce=float(ce.detach()), expected_latency=float(elat.detach()), loss=float(loss.detach()))
         else:
             with torch.no_grad():
-                idx = [int(torch.multinomial(F.softmax(c.detach(), -1), 1, generator=gen)) for c in alphas.choices()]
+                idx = [int(torch.multinomial(F.softmax(c.detach(), -1).cpu(), 1, generator=gen)) for c in alphas.choices()]
                 arch = alphas.decode(idx)
                 net.set_active(arch)
                 with search_mode(net):
@@ -477,6 +480,6 @@ def search_over_supernet(supernet: nn.Module, latency: Any, budget_ms: float, ba
         "backend": "proxyless", "latency": lat, "expected_latency": elat, "budget": float(budget_ms),
         "unit": getattr(table, "unit", "ms"), "feasible_by": feasible_by, "note": note,
         "probs": alphas.summary(), "history": history, "seconds": time.time() - t0, "config": asdict(cfg),
-        "resolutions": list(res), "weights": net if cfg.finetune_weights else None,
+        "resolutions": list(res), "finetuned_supernet": net if cfg.finetune_weights else None,
     }
     return arch, info

@@ -1,0 +1,238 @@
+"""`ofa specialize` / `ofa.specialize` / `ofa.load` end to end on a tiny run with a cheap fitted predictor.
+
+The run is an untrained `mbv3-w1.0-small` supernet at 16/20 px on scikit-learn digits; its accuracy predictor is a
+ridge fit on 40 planned archs whose "accuracy" grows with MACs, so a bigger budget must buy a more accurate arch.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import ofa
+from elastic.errors import OFAError
+from ofa.cli import main
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+OFA_PTH = SHARED / "data" / "ofa_predictor" / "mbv3-w1.2_imagenet_acc_predictor.pth"
+FAST = {"population": 24, "generations": 15, "patience": 5, "init_samples": 300}   # API-only search overrides
+CALIB = 64
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from elastic.complexity import macs
+    from elastic.spaces import get_space
+    from elastic.supernet import Supernet
+    from ofa.accuracy_data import plan_subnets
+    from ofa.run_dir import RunDir
+    from predictors.accuracy import AccuracyPredictor
+
+    torch.manual_seed(0)
+    space = get_space("mbv3-w1.0-small", n_classes=10, resolutions=(16, 20))
+    rd = RunDir(tmp_path_factory.mktemp("spec") / "run")
+    rd.save_space(space)
+    rd.save_data_config({"name": "digits", "subset_size": 96, "eval_size": 32})
+    rd.save_weights(Supernet(space), space)
+    archs = plan_subnets(space, 40, seed=0)
+    m = macs(space, archs)
+    acc = 0.5 + 0.4 * (m - m.min()) / (m.max() - m.min())
+    AccuracyPredictor.fit(space, archs, acc, kind="ridge").save(rd.path / "predictors")
+    return rd
+
+
+@pytest.fixture(scope="module")
+def lat_range(run):
+    """pixel1 latency (ms) of the smallest and the largest subnet."""
+    from predictors.latency import get_latency_predictor
+
+    sp = run.load_space()
+    lo, hi = get_latency_predictor("pixel1", sp).predict([sp.smallest(), sp.largest()])
+    return float(lo), float(hi)
+
+
+def _cli_json(capsys, args):
+    main(["specialize", *args, "--json"])
+    return json.loads(capsys.readouterr().out)
+
+
+def test_api_artifact_load_and_exports(run, lat_range):
+    import onnxruntime as ort
+
+    from elastic.bn_calibration import recalibrate_bn
+    from ofa.training.evaluate import calibration_batches
+
+    lo, hi = lat_range
+    budget = round(lo + 0.5 * (hi - lo), 2)
+    (res,) = ofa.specialize(run.path, device="pixel1", latency=f"{budget}ms", export="onnx,torchscript",
+                            calib_images=CALIB, **FAST)
+    assert res.path == run.path / "specialized" / f"pixel1@{budget:g}ms"
+    assert res.predicted_latency_ms <= budget and res.arch != run.load_space().largest()
+    assert 0.0 <= res.test_accuracy <= 1.0 and res.measured_latency_ms is None   # pixel1 is not this machine
+    assert sorted(p.name for p in res.path.iterdir()) == ["arch.json", "model.onnx", "model.safetensors", "model.ts"]
+    meta = json.loads((res.path / "arch.json").read_text())
+    assert meta["arch"] == res.arch.to_dict() and meta["space"]["name"] == "mbv3-w1.0-small"
+    assert len(meta["classes"]) == 10 and meta["predicted"]["latency_ms"] == pytest.approx(res.predicted_latency_ms)
+    assert meta["measured"]["test_accuracy"] == res.test_accuracy
+    assert meta["provenance"]["run"] == str(run.path) and len(meta["provenance"]["supernet_sha256"]) == 64
+
+    net = ofa.load(res.path)
+    assert not net.training and net.arch == res.arch
+    # the saved net is the supernet's subnet after the same BN recalibration (no retraining)
+    bundle = run.load_data()
+    ref = run.load_supernet().extract(res.arch)
+    recalibrate_bn(ref, calibration_batches(bundle, res.arch.r, CALIB, seed=0))
+    ref.eval()
+    x, _ = next(iter(bundle.loader("test", batch_size=16, resolution=res.arch.r)))
+    with torch.no_grad():
+        got, want = net(x), ref(x)
+    assert torch.allclose(got, want, atol=1e-5) and got.shape == (16, 10)
+    # exports agree with PyTorch on real images
+    onnx_out = ort.InferenceSession(str(res.path / "model.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x.numpy()})[0]
+    assert np.abs(onnx_out - got.numpy()).max() < 1e-4
+    ts_out = torch.jit.load(str(res.path / "model.ts"))(x)
+    assert torch.allclose(ts_out, got, atol=1e-5)
+    # loading by arch.json or model.safetensors path works too
+    assert ofa.load(res.path / "model.safetensors").arch == res.arch
+
+
+def test_cli_flops_macs_budget_json(run, capsys):
+    from elastic.complexity import macs
+
+    sp = run.load_space()
+    lo, hi = macs(sp, [sp.smallest(), sp.largest()])
+    budget_m = round((lo + 0.4 * (hi - lo)) / 1e6, 1)
+    doc = _cli_json(capsys, ["--run", str(run.path), "--device", "flops", "--macs", f"{budget_m}M"])
+    assert {"arch", "predicted_accuracy", "predicted_latency_ms", "path", "search_seconds"} <= set(doc)
+    assert doc["predicted_latency_ms"] is None            # flops is a MACs proxy, not a latency
+    assert doc["macs"] <= budget_m * 1e6 and doc["search_seconds"] > 0
+    arch = ofa.Arch.from_dict(doc["arch"])
+    assert float(macs(sp, [arch])[0]) == pytest.approx(doc["macs"])
+    assert Path(doc["path"]).name == f"flops@{budget_m:g}M-macs" and ofa.load(doc["path"]).arch == arch
+
+
+def test_infeasible_budget_names_the_fastest_latency(run, lat_range, capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["specialize", "--run", str(run.path), "--device", "pixel1", "--latency", "0.01ms"])
+    assert err.value.code == 2
+    msg = capsys.readouterr().err.strip()
+    assert "\n" not in msg and msg.startswith("error:") and "fastest" in msg
+    fastest = float(re.search(r"([0-9.]+) ms", msg.split("fastest")[1]).group(1))
+    assert 0 < fastest <= lat_range[0] + 0.01
+    assert not (run.path / "specialized" / "pixel1@0.01ms").exists()
+
+
+def test_budget_above_largest_returns_largest_with_note(run):
+    (res,) = ofa.specialize(run.path, device="pixel1", latency=1e4, evaluate=False, calib_images=CALIB)
+    assert res.arch == run.load_space().largest()
+    assert "largest" in res.note and res.path.is_dir()
+
+
+def test_several_budgets_are_pareto_consistent_and_plotted(run, lat_range, capsys):
+    lo, hi = lat_range
+    budgets = [round(lo + f * (hi - lo), 2) for f in (0.15, 0.4, 0.7)]
+    doc = _cli_json(capsys, ["--run", str(run.path), "--device", "pixel1", "--pareto",
+                             "--latency", ",".join(f"{b}ms" for b in reversed(budgets))])
+    results = doc["results"]
+    assert [r["budget"] for r in results] == [f"{b:g}ms" for b in budgets]          # tightest first
+    for r, b in zip(results, budgets):
+        assert r["predicted_latency_ms"] <= b and Path(r["path"]).is_dir()
+    accs = [r["predicted_accuracy"] for r in results]
+    assert accs == sorted(accs) and accs[0] < accs[-1]
+    base = run.path / "specialized"
+    assert (base / "pixel1_pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    front = json.loads((base / "pixel1_pareto.json").read_text())["front"]
+    lats, faccs = [p["latency_ms"] for p in front], [p["accuracy"] for p in front]
+    assert len(front) >= 3 and lats == sorted(lats) and faccs == sorted(faccs)       # non-dominated
+    assert max(faccs) >= accs[-1] - 1e-9
+
+
+def test_damaged_artifacts_are_one_line_errors(run, tmp_path):
+    (res,) = ofa.specialize(run.path, device="pixel1", latency=1e4, evaluate=False, calib_images=CALIB)
+    bad = tmp_path / "bad"
+    shutil.copytree(res.path, bad)
+    meta = json.loads((bad / "arch.json").read_text())
+
+    (bad / "arch.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "arch"}))
+    with pytest.raises(OFAError, match="missing field") as e1:
+        ofa.load(bad)
+    smaller = run.load_space().smallest().to_dict()
+    (bad / "arch.json").write_text(json.dumps({**meta, "arch": smaller}))
+    with pytest.raises(OFAError, match="does not match arch.json") as e2:
+        ofa.load(bad)
+    (bad / "arch.json").write_text(json.dumps({**meta, "arch": {**smaller, "ks": [9] * len(smaller["ks"])}}))
+    with pytest.raises(OFAError) as e3:
+        ofa.load(bad)
+    (bad / "arch.json").write_text("{not json")
+    with pytest.raises(OFAError, match="not valid JSON") as e4:
+        ofa.load(bad)
+    with pytest.raises(OFAError, match="does not exist"):
+        ofa.load(tmp_path / "nowhere")
+    for e in (e1, e2, e3, e4):
+        assert "\n" not in str(e.value)
+
+
+def test_respecialize_replaces_folder_atomically(run, lat_range, monkeypatch):
+    import ofa.export
+
+    lo, hi = lat_range
+    budget = f"{round(lo + 0.3 * (hi - lo), 2)}ms"
+    (first,) = ofa.specialize(run.path, device="pixel1", latency=budget, evaluate=False, calib_images=CALIB,
+                              seed=1, **FAST)
+    before = {p.name: p.read_bytes() for p in first.path.iterdir()}
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("export failed midway")
+
+    monkeypatch.setattr(ofa.export, "export_onnx", broken)
+    with pytest.raises(RuntimeError, match="midway"):
+        ofa.specialize(run.path, device="pixel1", latency=budget, export="onnx", evaluate=False,
+                       calib_images=CALIB, seed=2, **FAST)
+    assert {p.name: p.read_bytes() for p in first.path.iterdir()} == before       # old folder untouched
+    assert not [p for p in first.path.parent.iterdir() if p.name.startswith(".")]  # no temp folders left
+    monkeypatch.undo()
+    (again,) = ofa.specialize(run.path, device="pixel1", latency=budget, export="torchscript", evaluate=False,
+                              calib_images=CALIB, seed=2, **FAST)
+    assert again.path == first.path and (again.path / "model.ts").is_file()
+    assert json.loads((again.path / "arch.json").read_text())["provenance"]["seed"] == 2
+
+
+def test_bad_budget_and_missing_predictor_are_clear(run, tmp_path, capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["specialize", "--run", str(run.path), "--device", "pixel1", "--latency", "fast"])
+    assert err.value.code == 2 and "40ms" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as err:
+        main(["specialize", "--run", str(run.path), "--device", "flops", "--latency", "10ms"])
+    assert err.value.code == 2 and "--macs" in capsys.readouterr().err
+    bare = tmp_path / "bare"
+    shutil.copytree(run.path, bare, ignore=shutil.ignore_patterns("predictors", "specialized"))
+    with pytest.raises(OFAError, match="fit-predictor"):
+        ofa.specialize(bare, device="pixel1", latency="5ms")
+
+
+def test_archs_only_with_ofa_predictor_is_fast(tmp_path, capsys):
+    if not OFA_PTH.exists():
+        pytest.skip("OFA's published predictor is not in /work/shared")
+    from elastic.spaces import get_space
+    from predictors.latency import get_latency_predictor
+
+    t0 = time.perf_counter()
+    (res,) = ofa.specialize(device="note10", latency="25ms", space="mbv3-w1.2", accuracy_predictor=OFA_PTH)
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 5.0, f"arch-only search took {elapsed:.1f} s"
+    sp = get_space("mbv3-w1.2")
+    assert res.path is None and res.predicted_latency_ms <= 25.0
+    assert float(get_latency_predictor("note10", sp).predict([res.arch])[0]) == pytest.approx(res.predicted_latency_ms)
+    assert 0.7 < res.predicted_accuracy < 0.8          # ImageNet top-1 of a ~25 ms Note10 net per OFA's predictor
+    doc = _cli_json(capsys, ["--space", "mbv3-w1.2", "--accuracy-predictor", str(OFA_PTH), "--device", "note10",
+                             "--latency", "25ms", "--out", str(tmp_path)])
+    assert doc["path"] == str(tmp_path / "note10@25ms")
+    meta = json.loads((tmp_path / "note10@25ms" / "arch.json").read_text())
+    assert meta["arch"] == doc["arch"] and not (tmp_path / "note10@25ms" / "model.safetensors").exists()
