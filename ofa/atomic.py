@@ -11,10 +11,19 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from elastic.errors import OFAError
+
 
 def write_bytes(path: str | Path, data: bytes) -> Path:
     """Write `data` to `path` atomically (temp file in the same directory + fsync + os.replace)."""
     path = Path(path)
+    try:
+        return _write_bytes(path, data)
+    except OSError as exc:  # disk full, read-only or missing directory: the old file (if any) is untouched
+        raise OFAError(f"could not write {path}: {exc.strerror or exc}; the previous file (if any) is unchanged") from exc
+
+
+def _write_bytes(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -39,7 +39,7 @@ def _check(diff: float, ref: np.ndarray, tol: float, what: str) -> float:
     return diff
 
 
-def export_onnx(net: torch.nn.Module, path: Path, resolution: int, atol: float = 1e-4,
+def export_onnx(net: torch.nn.Module, path: Path, resolution: int, atol: float = 1e-3,
                 example: torch.Tensor | None = None) -> float:
     """Write `path` and return the max abs difference between ONNX Runtime and PyTorch outputs on `example`
     (real images are best: random noise drives an untrained net's logits far out of range)."""
@@ -65,7 +65,7 @@ def export_torchscript(net: torch.nn.Module, path: Path, resolution: int, atol: 
     x = _example(net, resolution, example)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        traced = torch.jit.trace(net, x)
+        traced = torch.jit.trace(net, x, check_trace=False)  # checked below, on the saved-and-reloaded module
         traced.save(str(path))
         ref = net(x)
         diff = float((torch.jit.load(str(path))(x) - ref).abs().max())

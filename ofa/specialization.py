@@ -108,8 +108,9 @@ def specialize(run: str | Path | None = None, *, device: str, latency: Any = Non
     """Search the best arch per budget and (with a run) write each extracted network to disk.
 
     `latency` takes '40ms' / '20ms,30ms,40ms' / 40.0 / [20, 30]; `macs` '300M'; `params` '5M'.
-    Returns one `Specialized` per budget, tightest first. `search_overrides` go to the evolution (population=,
-    generations=, patience=, ...). Re-specializing a budget replaces its folder atomically.
+    Returns one `Specialized` per budget, tightest first. `search_overrides` go to the search (evolution:
+    population=, generations=, patience=, ...; proxyless: steps=, budget_rounds=, ...). Re-specializing a budget
+    replaces its folder atomically.
     """
     from ofa.export import parse_exports
     from predictors.latency import get_latency_predictor
@@ -120,6 +121,7 @@ def specialize(run: str | Path | None = None, *, device: str, latency: Any = Non
         raise OFAError(f"unknown backend '{backend}'; allowed: {', '.join(BACKENDS)}")
     exports = parse_exports(export) if isinstance(export, str) else parse_exports(",".join(export))
     cons = build_constraints(latency, macs, params)
+    profile = load_profile(device)  # an unknown device fails before any predictor is loaded or fitted
 
     rd = None
     if run is not None:
@@ -146,7 +148,6 @@ def specialize(run: str | Path | None = None, *, device: str, latency: Any = Non
                            f"(only mbv3-w1.2 has a built-in one: OFA's published ImageNet predictor)")
         acc_pred = _load_accuracy_predictor(accuracy_predictor, sp)
 
-    profile = load_profile(device)
     device = profile.name  # a profile given as a file path is labelled by its name
     if profile.unit == "ms":
         lat_pred = get_latency_predictor(profile, sp)
@@ -158,6 +159,8 @@ def specialize(run: str | Path | None = None, *, device: str, latency: Any = Non
     base = Path(out_dir) if out_dir is not None else (rd.path / "specialized" if rd is not None else None)
     if pareto and base is None:
         raise OFAError("--pareto without --run needs --out DIR for the plot and its JSON")
+    if pareto and backend != "evolution":
+        raise OFAError("--pareto plots the archs scored by the evolutionary search; use it with --backend evolution")
 
     t0 = time.perf_counter()
     if backend == "evolution":
@@ -165,7 +168,7 @@ def specialize(run: str | Path | None = None, *, device: str, latency: Any = Non
         found = outcome.results
         front = outcome.pareto
     else:
-        found, front = _proxyless_results(rd, sp, acc_pred, lat_pred, cons, device, seed)
+        found, front = _proxyless_results(rd, sp, acc_pred, lat_pred, cons, seed, search_overrides)
     search_seconds = time.perf_counter() - t0
 
     results = [Specialized(device=device, budget=r.constraints.label(), arch=r.arch,
@@ -204,7 +207,7 @@ def _load_accuracy_predictor(path, space: SpaceSpec):
     return AccuracyPredictor.load(p)
 
 
-def _proxyless_results(rd, sp, acc_pred, lat_pred, cons, device, seed):
+def _proxyless_results(rd, sp, acc_pred, lat_pred, cons, seed, overrides):
     if rd is None:
         raise OFAError("--backend proxyless needs --run DIR: it trains architecture parameters on the run's supernet")
     from specialize.evolution import SearchResult
@@ -217,7 +220,7 @@ def _proxyless_results(rd, sp, acc_pred, lat_pred, cons, device, seed):
     for c in cons:
         if c.latency_ms is None:
             raise OFAError("--backend proxyless needs a latency budget (--latency); MACs/params-only budgets use evolution")
-        arch, info = search_over_supernet(supernet, lat_pred, c.latency_ms, bundle, seed=seed)
+        arch, info = search_over_supernet(supernet, lat_pred, c.latency_ms, bundle, seed=seed, **overrides)
         arch = sp.validate(arch)
         out.append(SearchResult(constraints=c, arch=arch, accuracy=float(acc_pred.predict([arch])[0]),
                                 latency_ms=float(lat_pred.predict([arch])[0]), macs=float(macs_of(sp, [arch])[0]),
@@ -242,10 +245,11 @@ def _meta(sp: SpaceSpec, r: Specialized, backend: str, provenance: dict[str, Any
 
 def _write_arch_only(base: Path, sp: SpaceSpec, results: list[Specialized], device: str, backend: str) -> None:
     from ofa import atomic
+    from ofa.specialized import ARCH_ONLY_FORMAT
 
     for r in results:
         folder = base / f"{device}@{r.budget}"
-        atomic.write_json(folder / "arch.json", {"format": "ofa-arch/1", **_meta(sp, r, backend, {})})
+        atomic.write_json(folder / "arch.json", {"format": ARCH_ONLY_FORMAT, **_meta(sp, r, backend, {})})
         r.path = folder
 
 

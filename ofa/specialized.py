@@ -23,6 +23,7 @@ from elastic.spaces import space_from_dict
 from elastic.static_net import StaticNet
 
 FORMAT = "ofa-specialized/1"
+ARCH_ONLY_FORMAT = "ofa-arch/1"      # `ofa specialize` without a run: arch.json alone
 REQUIRED_FIELDS = ("format", "space", "arch")
 
 
@@ -32,12 +33,44 @@ def save_specialized(out_dir: str | Path, net: torch.nn.Module, meta: dict[str, 
     on `example` inputs when given) in a hidden temp dir next to it, then renamed into place; a failure midway
     leaves the previous folder as it was."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT, **meta}
     for field in REQUIRED_FIELDS:
         if field not in meta:
             raise ValueError(f"specialized metadata lacks '{field}'")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temps(out_dir)
+        return _save(out_dir, net, meta, exports, example)
+    except OSError as exc:  # disk full / not writable: an existing folder of that name is left as it was
+        raise OFAError(f"could not write {out_dir}: {exc.strerror or exc}; "
+                       "an earlier network in that folder (if any) is unchanged") from exc
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_temps(out_dir: Path) -> None:
+    """Delete the hidden temp/old folders a killed `save_specialized` (of a process now gone) left beside `out_dir`."""
+    for p in out_dir.parent.glob(f".{out_dir.name}.*"):
+        parts = p.name[len(out_dir.name) + 2:].split("-")
+        if p.is_dir() and len(parts) >= 2 and parts[0] in ("tmp", "old") and parts[1].isdigit() \
+                and not _pid_alive(int(parts[1])):
+            if parts[0] == "old" and not out_dir.exists():
+                os.replace(p, out_dir)  # killed between the two renames: put the previous folder back
+            else:
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def _save(out_dir: Path, net: torch.nn.Module, meta: dict[str, Any], exports: tuple[str, ...],
+          example: torch.Tensor | None) -> Path:
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-{os.getpid()}-", dir=out_dir.parent))
     try:
         state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"))
@@ -86,6 +119,9 @@ def read_meta(path: str | Path) -> tuple[Path, dict[str, Any]]:
     missing = [f for f in REQUIRED_FIELDS if f not in meta]
     if missing:
         raise OFAError(f"'{meta_file}' is missing field(s) {', '.join(missing)}; required: {', '.join(REQUIRED_FIELDS)}")
+    if meta["format"] == ARCH_ONLY_FORMAT:
+        raise OFAError(f"'{folder}' holds an architecture only (searched without --run), no weights to load; "
+                       "specialize a trained run (`ofa specialize --run DIR`) to get a loadable network")
     if meta["format"] != FORMAT:
         raise OFAError(f"'{meta_file}' has format {meta['format']!r}; this version reads {FORMAT!r}")
     return folder, meta

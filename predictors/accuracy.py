@@ -323,6 +323,17 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+def check_dataset_size(n: int, folds: int, holdout: float) -> None:
+    """OFAError when `n` measured subnets are too few for `folds`-fold CV plus a `holdout` fraction."""
+    n_hold = int(round(holdout * n))
+    need_train, need_hold = max(2 * folds, 8), (3 if holdout > 0 else 0)
+    if n - n_hold < need_train or n_hold < need_hold:
+        least = max(need_train + need_hold, int(math.ceil(need_hold / holdout)) if holdout > 0 else 0,
+                    int(math.ceil(need_train / (1 - holdout))))
+        raise OFAError(f"{n} measured subnets are too few to fit and check an accuracy predictor; collect at least "
+                       f"{least} (e.g. `ofa fit-predictor --samples 200`)")
+
+
 def fit_accuracy_predictor(space: SpaceSpec, archs: Sequence[Arch], accs: Sequence[float],
                            kinds: Sequence[str] = KINDS, folds: int = 5, holdout: float = 0.2, seed: int = 0,
                            progress: Any = None, hp: dict[str, dict[str, Any]] | None = None) -> AccuracyPredictor:
@@ -338,13 +349,8 @@ def fit_accuracy_predictor(space: SpaceSpec, archs: Sequence[Arch], accs: Sequen
     n = len(archs)
     if n != len(y):
         raise OFAError(f"got {n} archs but {len(y)} accuracies")
+    check_dataset_size(n, folds, holdout)
     n_hold = int(round(holdout * n))
-    need_train, need_hold = max(2 * folds, 8), (3 if holdout > 0 else 0)
-    if n - n_hold < need_train or n_hold < need_hold:
-        least = max(need_train + need_hold, int(math.ceil(need_hold / holdout)) if holdout > 0 else 0,
-                    int(math.ceil(need_train / (1 - holdout))))
-        raise OFAError(f"{n} measured subnets are too few to fit and check an accuracy predictor; collect at least "
-                       f"{least} (e.g. `ofa fit-predictor --samples 200`)")
     params = {k: {**DEFAULT_HP[k], **((hp or {}).get(k) or {})} for k in kinds}
     rng = np.random.default_rng(seed)
     perm = rng.permutation(n)

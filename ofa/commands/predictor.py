@@ -29,7 +29,7 @@ def fit_predictor_cmd(
     """Collect (resumable) an accuracy dataset from RUN, fit the best predictor, save it under RUN/predictors/."""
     from ofa.accuracy_data import collect_from_run, dataset_paths
     from ofa.run_dir import RunDir
-    from predictors.accuracy import KINDS, fit_accuracy_predictor, format_report
+    from predictors.accuracy import KINDS, check_dataset_size, fit_accuracy_predictor, format_report
 
     kind_list = [k.strip() for k in kinds.split(",") if k.strip()]
     bad = [k for k in kind_list if k not in KINDS]
@@ -39,6 +39,13 @@ def fit_predictor_cmd(
         raise OFAError(f"--holdout must be in [0, 0.9), got {holdout}")
     if folds < 2:
         raise OFAError(f"--folds must be >= 2, got {folds}")
+    for name, value, least in (("--samples", samples, 1), ("--calib-images", calib_images, 0), ("--limit", limit, 1),
+                               ("--threads", threads, 1)):
+        if value is not None and value < least:
+            raise OFAError(f"{name} must be >= {least}, got {value}")
+    if device is not None and device != "cpu" and not (device == "cuda" or device.startswith("cuda:")):
+        raise OFAError(f"unknown --device '{device}'; allowed: cpu, cuda")
+    check_dataset_size(samples, folds, holdout)  # before any subnet is measured
     rd = RunDir(run)
     space = rd.load_space()
     data = collect_from_run(rd.path, samples, seed=seed, resume=resume, calib_images=calib_images, limit=limit,

@@ -143,10 +143,31 @@ class TrainConfig:
             raise OFAError("--sandwich needs --n-subnets >= 2 (largest + smallest + random ones)")
         if self.save_every < 1:
             raise OFAError(f"--save-every must be >= 1, got {self.save_every}")
-        if self.lr is not None and self.lr <= 0:
+        if self.lr is not None and not self.lr > 0:
             raise OFAError(f"--lr must be > 0, got {self.lr}")
-        if self.kd_ratio < 0:
+        if not self.kd_ratio >= 0:
             raise OFAError(f"--kd-ratio must be >= 0, got {self.kd_ratio}")
+        for name in ("threads", "eval_subnets", "calib_images"):
+            v = getattr(self, name)
+            if v is not None and v < (1 if name == "threads" else 0):
+                raise OFAError(f"--{name.replace('_', '-')} must be >= {1 if name == 'threads' else 0}, got {v}")
+        for name in ("weight_decay", "warmup_epochs", "label_smoothing", "dropout"):
+            v = getattr(self, name)
+            if v is not None and not v >= 0:
+                raise OFAError(f"--{name.replace('_', '-')} must be >= 0, got {v}")
+        for name in ("label_smoothing", "dropout"):
+            v = getattr(self, name)
+            if v is not None and not v < 1:
+                raise OFAError(f"--{name.replace('_', '-')} must be < 1, got {v}")
+        if self.workers < 0:
+            raise OFAError(f"--workers must be >= 0, got {self.workers}")
+        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
+            raise OFAError(f"unknown device '{self.device}'; allowed: auto, cpu, cuda")
+        for key in ("subset_size", "eval_size"):
+            v = (self.data or {}).get(key)
+            if v is not None and v < 1:
+                raise OFAError(f"--{key.replace('_size', '').replace('_', '-')}{'-size' if key == 'eval_size' else ''} "
+                               f"must be >= 1, got {v}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

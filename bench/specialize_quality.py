@@ -1,0 +1,378 @@
+"""How good is `ofa specialize` on a trained run? Predictor honesty, and specialized nets vs. timm MobileNetV3s.
+
+    python bench/specialize_quality.py --run checkpoints/fmnist          # the real comparison (slow: trains timm nets)
+    python bench/specialize_quality.py --run checkpoints/fmnist --quick  # tiny settings, a few minutes, end to end
+
+(a) Accuracy predictor vs. reality: ~30 random subnets (size-spread) plus every specialized net are extracted from the
+    supernet, BN-recalibrated on training images, and evaluated on the TEST split; reported: mean |real - predicted|
+    (target <= 0.5 points on average) and Kendall tau.
+(b) timm `mobilenetv3_small_050/075/100` and `mobilenetv3_large_075/100` (random init, never downloaded weights,
+    num_classes = the run's, 3 input channels) are trained from scratch on the same data, resolution and number of
+    epochs as the run's whole schedule (from history.jsonl; `--epochs` overrides), with the run's optimizer
+    settings where stored (train_state.pt). Their batch-1 latency on this CPU is measured the way the `cpu` profile
+    measures (ONNX Runtime, one intra-op thread, thread-CPU clock, interleaved rounds, same robust statistic) --
+    side by side with the specialized nets, in the same measurement session. Then the supernet is specialized for
+    the `cpu` device at each timm model's measured latency, and both are compared (latency, test accuracy).
+
+Without a `cpu` profile (`ofa profile --space <run space>`), one is fitted here for the run's space and saved to
+bench/results/cpu_profile_<space>.json (`--quick`: RUN/bench/, a rough one), reused on later runs. Results:
+bench/results/specialize_quality.json (`--quick`: RUN/bench/specialize_quality_quick.json). The specialized nets go to
+RUN/specialized/; finished timm trainings and subnet evaluations are cached in RUN/bench/specialize_quality_cache.json
+(keyed by the supernet's hash and the settings), so a re-run only does what changed.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import math
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from elastic.arch import Arch  # noqa: E402
+from ofa import atomic  # noqa: E402
+from ofa.run_dir import RunDir  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TIMM_MODELS = ("mobilenetv3_small_050", "mobilenetv3_small_075", "mobilenetv3_small_100",
+               "mobilenetv3_large_075", "mobilenetv3_large_100")
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Cache:
+    """A JSON dict on disk, saved atomically after every new entry (an interrupted run keeps what it finished)."""
+
+    def __init__(self, path: Path, enabled: bool = True):
+        self.path, self.enabled = path, enabled
+        self.data: dict[str, Any] = json.loads(path.read_text()) if enabled and path.exists() else {}
+
+    def get(self, key: str) -> Any:
+        return self.data.get(key)
+
+    def put(self, key: str, value: Any) -> None:
+        self.data[key] = value
+        if self.enabled:
+            atomic.write_json(self.path, self.data)
+
+
+def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import kendalltau
+
+    return float(kendalltau(a, b).statistic) if len(a) > 1 else float("nan")
+
+
+def run_epochs(rd: RunDir) -> int:
+    """Epochs the run trained in all (every stage and phase), counted once each even across resumes."""
+    seen = {(h.get("stage"), h.get("phase"), h.get("epoch")) for h in rd.history() if h.get("kind") == "epoch"}
+    return len(seen)
+
+
+def train_settings(rd: RunDir) -> dict[str, Any]:
+    """Batch size, learning rate, weight decay, label smoothing of the run (defaults where not stored)."""
+    out = {"batch_size": 128, "lr": 0.05, "weight_decay": 4e-5, "label_smoothing": 0.1, "opt": "sgd",
+           "momentum": 0.9, "warmup_epochs": 1.0, "source": "defaults"}
+    try:
+        from ofa.training import TrainConfig
+
+        state = rd.load_train_state()
+        if state and "config" in state:
+            cfg = TrainConfig.from_dict(state["config"])
+            out.update(batch_size=int(cfg.resolved("batch_size")), lr=float(cfg.base_lr()),
+                       weight_decay=float(cfg.resolved("weight_decay")),
+                       label_smoothing=float(cfg.resolved("label_smoothing")), opt=cfg.opt, momentum=cfg.momentum,
+                       warmup_epochs=float(cfg.resolved("warmup_epochs")), source="train_state.pt")
+    except Exception as exc:  # noqa: BLE001 - an old/odd state file: fall back to defaults, say so
+        out["source"] = f"defaults ({type(exc).__name__}: {exc})"
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ latency
+class OrtRunner:
+    """A module exported to ONNX and run by ONNX Runtime exactly as `predictors.measure` runs a profile's nets."""
+
+    def __init__(self, model: torch.nn.Module, channels: int, resolution: int, threads: int):
+        import onnxruntime as ort
+
+        model = model.eval()
+        x = torch.randn(1, channels, resolution, resolution)
+        buf = io.BytesIO()
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (x,), buf, input_names=["x"], output_names=["y"], dynamo=False, opset_version=17)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        sess = ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
+        feed = {"x": x.numpy()}
+        self.run = lambda: sess.run(None, feed)
+
+
+def measure_modules(models: dict[str, torch.nn.Module], channels: int, resolution: int, threads: int = 1,
+                    warmup: int = 5, repeats: int = 2, rounds: int = 30) -> dict[str, float]:
+    """Batch-1 latency (ms) of each module, with `predictors.measure`'s clock, interleaving and statistic."""
+    from predictors.measure import pick_clock, robust_latency
+
+    clock = pick_clock("auto", threads, "cpu")
+    runners = {k: OrtRunner(m, channels, resolution, threads) for k, m in models.items()}
+    for r in runners.values():
+        for _ in range(warmup):
+            r.run()
+    mins: dict[str, list[float]] = {k: [] for k in runners}
+    for _ in range(rounds):
+        for k, r in runners.items():
+            runs = []
+            for _ in range(repeats):
+                t0 = clock()
+                r.run()
+                runs.append((clock() - t0) * 1e3)
+            mins[k].append(min(runs))
+    lat = robust_latency(np.array([mins[k] for k in runners]))
+    return {k: float(v) for k, v in zip(runners, lat)}
+
+
+def cpu_profile(space, device: str, quick: bool, threads: int, run_path: Path) -> str:
+    """The device to specialize for: a known profile name, else a profile fitted here for the run's space."""
+    from predictors.profiles import known_devices
+
+    if device in known_devices() or Path(device).is_file():
+        return device
+    path = (run_path / "bench" if quick else RESULTS) / f"{device}_profile_{space.name}.json"
+    if path.is_file():
+        return str(path)
+    from predictors.measure import fit_measured_profile
+
+    n_fit, n_test, rounds = (20, 3, 5) if quick else (80, 20, 20)
+    print(f"no '{device}' profile: fitting one for {space.name} ({n_fit} + {n_test} subnets timed) ...", flush=True)
+    prof = fit_measured_profile(space, name=device, device="cpu", runtime="onnxruntime", threads=threads,
+                                n_fit=n_fit, n_test=n_test, rounds=rounds)
+    prof.save(path)
+    print(f"  saved {path}: {prof.error.get('summary', '')}", flush=True)
+    return str(path)
+
+
+# ------------------------------------------------------------------------------------------------ timm
+def train_timm(name: str, bundle, resolution: int, epochs: int, settings: dict[str, Any], seed: int,
+               max_steps: int | None) -> tuple[torch.nn.Module, float, float]:
+    """Train from scratch (no pretrained weights, nothing downloaded); returns (model, test accuracy, seconds)."""
+    import timm
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import CosineLRScheduler
+
+    from ofa.data import augment_batch
+    from ofa.training.evaluate import accuracy
+
+    torch.manual_seed(seed)
+    model = timm.create_model(name, pretrained=False, num_classes=bundle.n_classes, in_chans=3)
+    bs = settings["batch_size"]
+    steps = math.ceil(len(bundle.train) / bs) if max_steps is None else min(max_steps, math.ceil(len(bundle.train) / bs))
+    opt = create_optimizer_v2(model, settings["opt"], lr=settings["lr"], weight_decay=settings["weight_decay"],
+                              momentum=settings["momentum"])
+    sched = CosineLRScheduler(opt, t_initial=epochs * steps, lr_min=settings["lr"] * 0.01,
+                              warmup_t=int(settings["warmup_epochs"] * steps), warmup_lr_init=settings["lr"] * 0.01,
+                              t_in_epochs=False)
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=settings["label_smoothing"])
+    gen = torch.Generator().manual_seed(seed)
+    t0 = time.time()
+    for epoch in range(epochs):
+        model.train()
+        for step, (x, y) in enumerate(bundle.loader("train", batch_size=bs, resolution=resolution, shuffle=True,
+                                                    seed=seed + epoch)):
+            if step >= steps:
+                break
+            x = augment_batch(x, gen, bundle.flip)
+            opt.zero_grad(set_to_none=True)
+            loss_fn(model(x), y).backward()
+            opt.step()
+            sched.step_update(num_updates=epoch * steps + step + 1)
+        print(f"    {name} epoch {epoch + 1}/{epochs} ({time.time() - t0:.0f} s)", flush=True)
+    return model.eval(), accuracy(model, bundle, "test", resolution), time.time() - t0
+
+
+# ------------------------------------------------------------------------------------------------ main
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", required=True, help="trained run directory with a fitted accuracy predictor")
+    ap.add_argument("--device", default="cpu", help="profile to specialize for (default cpu; fitted here if missing)")
+    ap.add_argument("--archs", type=int, default=30, help="random subnets for the predictor check")
+    ap.add_argument("--epochs", type=int, default=None, help="timm training epochs (default: the run's total)")
+    ap.add_argument("--subset", type=int, default=None, help="train the timm nets on this many training images")
+    ap.add_argument("--models", default=",".join(TIMM_MODELS), help="timm models (comma-separated)")
+    ap.add_argument("--calib-images", type=int, default=2000)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for training/evaluation")
+    ap.add_argument("--rounds", type=int, default=30, help="latency measurement rounds")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-cache", action="store_true")
+    ap.add_argument("--quick", action="store_true",
+                    help="tiny settings (6 archs, 2 timm models, 1 epoch of <= 20 steps, 256 calibration images)")
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    rd = RunDir(args.run)
+    space = rd.load_space()
+    from predictors.accuracy import AccuracyPredictor
+
+    pred = AccuracyPredictor.load(rd.path / "predictors")
+    bundle = rd.load_data()
+    quick = args.quick
+    n_archs = 6 if quick else args.archs
+    calib = 256 if quick else args.calib_images
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if quick and args.models == ",".join(TIMM_MODELS):
+        models = ["mobilenetv3_small_050", "mobilenetv3_large_100"]
+    epochs = args.epochs or (1 if quick else max(1, run_epochs(rd)))
+    max_steps = 20 if quick else None
+    resolution = max(space.resolutions)
+    rounds = 5 if quick else args.rounds
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    cache = Cache(rd.path / "bench" / "specialize_quality_cache.json", enabled=not args.no_cache)
+    sn_hash = sha256(rd.weights_file)[:16]
+    t_start = time.time()
+    print(f"run {rd.path}: space {space.name}, data {bundle.name}, supernet {sn_hash}, predictor {pred.kind}")
+
+    # ---- (b1) timm baselines: train (cached), then measure side by side later
+    settings = train_settings(rd)
+    if args.subset:
+        from ofa.data import subset
+
+        bundle.train = subset(bundle.train, range(min(args.subset, len(bundle.train))))
+    import timm
+
+    timm_rows: dict[str, dict[str, Any]] = {}
+    timm_models: dict[str, torch.nn.Module] = {}
+    for name in models:
+        key = json.dumps(["timm", name, bundle.config, args.subset, epochs, max_steps, resolution, settings, args.seed],
+                         sort_keys=True, default=str)
+        row = cache.get(key)
+
+        if row is None:
+            print(f"  training {name} from scratch: {epochs} epoch(s) at {resolution} px ...", flush=True)
+            model, acc, secs = train_timm(name, bundle, resolution, epochs, settings, args.seed, max_steps)
+            row = {"model": name, "test_accuracy": acc, "train_seconds": secs, "epochs": epochs,
+                   "params": sum(p.numel() for p in model.parameters())}
+            cache.put(key, row)
+        timm_rows[name] = dict(row)
+        timm_models[name] = timm.create_model(name, pretrained=False, num_classes=bundle.n_classes, in_chans=3)
+
+    # ---- (b2) timm latency on this CPU, then specialize for the device at each timm latency
+    device = cpu_profile(space, args.device, quick, 1, rd.path)
+    from predictors.profiles import load_profile
+
+    device_name = load_profile(device).name
+    lat = measure_modules(timm_models, space.in_channels, resolution, threads=1, rounds=rounds)
+    for name in models:
+        timm_rows[name]["latency_ms"] = lat[name]
+    from ofa.specialization import specialize
+
+    budgets = sorted({round(timm_rows[n]["latency_ms"], 3) for n in models})
+    print(f"  specializing {space.name} for {device_name} at {', '.join(f'{b:g} ms' for b in budgets)} ...", flush=True)
+    specs = {}
+    for b in budgets:
+        try:
+            (s,) = specialize(rd.path, device=device, latency=b, calib_images=calib, measure=False, seed=args.seed)
+            specs[b] = s
+        except Exception as exc:  # an infeasible budget (timm net faster than any subnet) is a result too
+            specs[b] = exc
+            print(f"    {b:g} ms: {exc}")
+    # measured side by side with the timm nets that set the budgets (same session, same procedure)
+    from ofa import load
+
+    ours = {f"ofa@{b:g}ms": load(s.path) for b, s in specs.items() if not isinstance(s, Exception)}
+    both = measure_modules({**ours, **timm_models}, space.in_channels, resolution, threads=1, rounds=rounds)
+
+    # ---- (a) predictor vs. reality on random subnets (+ the specialized ones)
+    from elastic.bn_calibration import recalibrate_bn
+    from ofa.training.evaluate import accuracy, calibration_batches
+
+    from ofa.accuracy_data import dataset_paths, plan_subnets, read_dataset
+
+    csv_path = dataset_paths(rd.path)[0]
+    fitted_on = set(read_dataset(csv_path).archs) if csv_path.exists() else set()
+    plan = plan_subnets(space, 4 * n_archs + len(fitted_on) + 8, seed=args.seed + 7919)   # size-spread draws
+    archs = [a for a in plan if a not in fitted_on][:n_archs]    # held out: none the predictor was fitted on
+    supernet = rd.load_supernet()
+    calib_cache: dict[int, list] = {}
+    points = []
+    for i, a in enumerate(archs):
+        key = json.dumps(["arch", sn_hash, a.to_dict(), calib, bundle.config], sort_keys=True, default=str)
+        real = cache.get(key)
+        if real is None:
+            net = supernet.extract(a)
+            if a.r not in calib_cache:
+                calib_cache[a.r] = calibration_batches(bundle, a.r, calib, seed=0)
+            recalibrate_bn(net, calib_cache[a.r])
+            real = accuracy(net, bundle, "test", a.r)
+            cache.put(key, real)
+        points.append({"arch": a.to_dict(), "real": real, "kind": "random"})
+        print(f"    subnet {i + 1}/{len(archs)}: test {real:.2%}", flush=True)
+    for b, s in specs.items():
+        if not isinstance(s, Exception):
+            points.append({"arch": s.arch.to_dict(), "real": s.test_accuracy, "kind": f"specialized@{b:g}ms"})
+    predicted = pred.predict([Arch.from_dict(p["arch"]) for p in points])
+    for p, q in zip(points, predicted):
+        p["predicted"] = float(q)
+    real = np.array([p["real"] for p in points])
+    err = np.abs(real - predicted)
+    predictor = {"n": len(points), "mean_abs_error_points": 100 * float(err.mean()),
+                 "max_abs_error_points": 100 * float(err.max()), "kendall_tau": kendall_tau(real, predicted),
+                 "target_mean_abs_error_points": 0.5, "meets_target": bool(100 * err.mean() <= 0.5),
+                 "predictor_report": {k: pred.report.get(k) for k in ("chosen", "n_rows", "holdout")}}
+
+    # ---- report
+    rows = []
+    for name in models:
+        t = timm_rows[name]
+        b = round(t["latency_ms"], 3)
+        s = specs[b]
+        row = {"timm": name, "timm_latency_ms": both[name], "timm_test_accuracy": t["test_accuracy"],
+               "budget_ms": b}
+        if isinstance(s, Exception):
+            row["ofa_error"] = str(s)
+        else:
+            k = f"ofa@{b:g}ms"
+            row.update(ofa_arch=s.arch.to_dict(), ofa_predicted_latency_ms=s.predicted_latency_ms,
+                       ofa_latency_ms=both[k], ofa_test_accuracy=s.test_accuracy,
+                       ofa_predicted_accuracy=s.predicted_accuracy, latency_ratio=both[k] / both[name],
+                       accuracy_gain_points=100 * (s.test_accuracy - t["test_accuracy"]))
+        rows.append(row)
+    print()
+    print(f"{'timm model':24s} {'lat ms':>8s} {'acc':>7s} | {'ofa lat ms':>10s} {'(pred)':>8s} {'acc':>7s} {'gain':>7s}")
+    for r in rows:
+        line = f"{r['timm']:24s} {r['timm_latency_ms']:8.3f} {100 * r['timm_test_accuracy']:6.2f}% | "
+        if "ofa_error" in r:
+            line += "infeasible: " + r["ofa_error"]
+        else:
+            line += (f"{r['ofa_latency_ms']:10.3f} {r['ofa_predicted_latency_ms']:8.3f} "
+                     f"{100 * r['ofa_test_accuracy']:6.2f}% {r['accuracy_gain_points']:+6.2f}")
+        print(line)
+    print(f"\npredictor on {predictor['n']} subnets (test split): mean |real - predicted| "
+          f"{predictor['mean_abs_error_points']:.2f} points (target <= 0.5), max {predictor['max_abs_error_points']:.2f}, "
+          f"Kendall tau {predictor['kendall_tau']:.3f}")
+    out = {"run": str(rd.path), "space": space.name, "data": bundle.config, "supernet_sha256_16": sn_hash,
+           "device": device_name, "device_profile": device, "quick": quick, "epochs": epochs, "subset": args.subset, "train_settings": settings,
+           "resolution": resolution, "comparison": rows, "predictor": predictor, "points": points,
+           "seconds": time.time() - t_start}
+    dest = rd.path / "bench" / "specialize_quality_quick.json" if quick else RESULTS / "specialize_quality.json"
+    atomic.write_json(dest, out)
+    print(f"wrote {dest} ({out['seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
