@@ -37,21 +37,26 @@ def _register_commands() -> None:
         importlib.import_module(f"ofa.commands.{info.name}")
 
 
+def _one_line(msg: str) -> str:
+    """User-typed values may hold newlines or control characters: escape them so the error stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in msg)
+
+
 def main(argv: list[str] | None = None) -> None:
     _register_commands()
     try:
         app(args=argv, standalone_mode=False)
     except OFAError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         sys.exit(2)
     except click_exceptions.NoArgsIsHelpError:
         sys.exit(0)
     except click_exceptions.UsageError as exc:
         where = f" (ofa {exc.ctx.info_name})" if exc.ctx is not None and exc.ctx.info_name != "ofa" else ""
-        print(f"error{where}: {exc.format_message()}", file=sys.stderr)
+        print(f"error{where}: {_one_line(exc.format_message())}", file=sys.stderr)
         sys.exit(2)
     except click_exceptions.ClickException as exc:
-        print(f"error: {exc.format_message()}", file=sys.stderr)
+        print(f"error: {_one_line(exc.format_message())}", file=sys.stderr)
         sys.exit(2)
     except typer.Abort:  # (typer's vendored click has no Abort)
         print("error: aborted", file=sys.stderr)

@@ -30,6 +30,9 @@ def profile(
     """Time sampled subnets on this machine, fit a latency profile, report its error on fresh subnets, save it."""
     if device not in ("cpu", "cuda"):
         raise OFAError(f"can only profile 'cpu' or 'cuda' here, got '{device}'")
+    for opt, value in (("--repeats", repeats), ("--rounds", rounds)):
+        if value < 1:
+            raise OFAError(f"{opt} must be >= 1, got {value}")
     sp = get_space(space)
     from rich.progress import Progress
 

@@ -27,5 +27,10 @@ def quickstart_cmd(
         raise OFAError("--devices needs at least one device name (see `ofa devices`)")
     if samples < 20:
         raise OFAError(f"--samples must be at least 20 to fit a predictor, got {samples}")
+    from predictors.profiles import load_profile
+
+    for name in names:  # an unknown device fails now, not after training ('cpu' is measured by the job itself)
+        if name != "cpu":
+            load_profile(name)
     summary = quickstart(run, data=data, devices=names, samples=samples, schedule=schedule, seed=seed)
     print(render_summary(summary))
