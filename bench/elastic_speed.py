@@ -42,7 +42,7 @@ def bench_pair(net: Supernet, arch, batch: int, repeats: int, warmup: int, devic
     net.set_active(arch)
     net.train()
     static = net.extract(arch).train()
-    x = torch.randn(batch, 3, arch.r, arch.r, device=device)
+    x = torch.randn(batch, 3, arch.r, arch.r, device=device).contiguous(memory_format=torch.channels_last)
     sup_t, sta_t, sup_c, sta_c = [], [], [], []
     for i in range(warmup + repeats):
         # alternate the order so drift and cache effects hit both equally

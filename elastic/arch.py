@@ -68,9 +68,24 @@ class Arch:
             start += stage_max
         return out
 
-    def summary(self) -> str:
-        """A short human summary, e.g. 'r32 d2.3.4.2.3 k5.3.. e4.6..' (active blocks only)."""
-        return f"r{self.r} d{'.'.join(map(str, self.d))} k{''.join(map(str, self.ks))} e{''.join(map(str, self.e))}"
+    def summary(self, max_depth: int | tuple[int, ...] | None = None) -> str:
+        """A short human summary of the active blocks, stage by stage, e.g. 'r32 d2.3 k35.577 e46.436'.
+
+        `max_depth`: blocks per stage in the supernet. Left out, it is inferred for the OFA layouts (4 per stage,
+        or 4 per stage and a last stage of 1 as in ProxylessNAS); any other layout lists every entry.
+        """
+        n, nb = len(self.d), len(self.ks)
+        if max_depth is None:
+            max_depth = (4,) * n if nb == 4 * n else (4,) * (n - 1) + (1,) if nb == 4 * n - 3 else None
+        if max_depth is None or len(self.e) != nb:
+            return f"r{self.r} d{'.'.join(map(str, self.d))} k{''.join(map(str, self.ks))} e{''.join(map(str, self.e))}"
+        depths = (max_depth,) * n if isinstance(max_depth, int) else tuple(max_depth)
+        ks, es, start = [], [], 0
+        for d, cap in zip(self.d, depths):
+            ks.append("".join(map(str, self.ks[start:start + d])))
+            es.append("".join(map(str, self.e[start:start + d])))
+            start += cap
+        return f"r{self.r} d{'.'.join(map(str, self.d))} k{'.'.join(ks)} e{'.'.join(es)}"
 
 
 def _as_int(value: Any, name: str) -> int:

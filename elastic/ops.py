@@ -189,11 +189,11 @@ class DynamicMBConv(nn.Module):
     # ---- extraction and channel sorting ---------------------------------------------------------
     @torch.no_grad()
     def active_state(self) -> dict[str, torch.Tensor]:
-        """State of the active sub-block in `elastic.static_net.MBConv` layout (fresh contiguous tensors)."""
+        """State of the active sub-block in `elastic.static_net.MBConv` layout (fresh tensors, same memory layout)."""
         mid, m, k = self.active_mid, self.active_se_mid, self.active_kernel
 
         def own(t: torch.Tensor) -> torch.Tensor:
-            return t.detach().clone(memory_format=torch.contiguous_format)
+            return t.detach().clone(memory_format=torch.preserve_format)
 
         def bn(prefix: str, b: nn.BatchNorm2d, c: int) -> dict[str, torch.Tensor]:
             return {

@@ -14,7 +14,8 @@ from elastic.arch import Arch
 from elastic.errors import OFAError
 from elastic.ops import DynamicDepthwiseConv, DynamicMBConv
 from elastic.spaces import SpaceSpec
-from elastic.static_net import ConvBNAct, MBConv, StaticNet, init_weights, static_from_state_dict
+from elastic.static_net import (MEMORY_FORMAT, ConvBNAct, MBConv, StaticNet, init_weights,
+                               static_from_state_dict)
 
 
 class Supernet(nn.Module):
@@ -45,6 +46,7 @@ class Supernet(nn.Module):
         for m in self.modules():
             if isinstance(m, DynamicDepthwiseConv):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out")   # N(0, sqrt(2 / (k*k*C))), OFA's he_fout
+        self.to(memory_format=MEMORY_FORMAT)   # channels-last, like StaticNet (see elastic.static_net)
         self.active_arch: Arch | None = None
         self._active_blocks: list[DynamicMBConv] = []
         self.set_active(space.largest())

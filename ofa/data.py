@@ -153,13 +153,17 @@ class ResizedLoader:
 
 
 def prepare_batch(x: torch.Tensor, resolution: int | None, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """Normalize a batch of [0, 1] images and resize it to `resolution` (bilinear, as OFA resizes per batch)."""
+    """Normalize a batch of [0, 1] images and resize it to `resolution` (bilinear, as OFA resizes per batch).
+
+    The batch comes back channels-last: the networks keep that layout (see `elastic.static_net`), where CPU
+    convolutions, depthwise ones above all, run several times faster than on NCHW tensors.
+    """
     m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     x = (x - m) / s
     if resolution is not None and x.shape[-1] != resolution:
         x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False)
-    return x
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 def augment_batch(x: torch.Tensor, gen: torch.Generator, flip: bool, pad: int | None = None,

@@ -85,12 +85,17 @@ class _Runner:
 
 def measure_nets(nets: Sequence[NetSpec], runtime: str = "onnxruntime", threads: int = 1, device: str = "cpu",
                  warmup: int = 5, repeats: int = 2, rounds: int = 30,
-                 progress: Callable[[int, int], None] | None = None, clock_name: str = "auto") -> np.ndarray:
-    """Batch-1 latency (ms) of each network: timed in `rounds` interleaved rounds of `repeats` runs; the median
-    over rounds of each round's fastest run.
+                 progress: Callable[[int, int], None] | None = None, clock_name: str = "auto",
+                 turn_warmup: int = 3) -> np.ndarray:
+    """Batch-1 latency (ms) of each network: timed in `rounds` interleaved rounds; in each round a network runs
+    `turn_warmup` untimed times, then `repeats` timed times; the median over rounds of each round's fastest run.
 
     Many short rounds spread every network's runs over the whole session, so load from other processes on a
     shared machine shifts all networks alike instead of whichever happened to run during a busy second.
+    The untimed runs at the start of each turn matter: right after the other networks ran, a small network's
+    first runs are cold (caches, allocator) and took about 2x its steady latency on this 2-core machine
+    (measured: 0.76 vs 0.38 ms), while a deployed network runs back to back. With them, an interleaved
+    measurement equals one of the network alone to a few percent.
     """
     if runtime not in RUNTIMES:
         raise OFAError(f"unknown runtime '{runtime}'; allowed: {', '.join(RUNTIMES)}")
@@ -107,6 +112,8 @@ def measure_nets(nets: Sequence[NetSpec], runtime: str = "onnxruntime", threads:
             raise OFAError("this onnxruntime has no CUDA provider; use --runtime torch to measure 'cuda'")
     if not isinstance(threads, int) or threads < 1:
         raise OFAError(f"--threads must be a positive integer, got {threads!r}")
+    if repeats < 1 or rounds < 1 or warmup < 0 or turn_warmup < 0:
+        raise OFAError(f"measuring needs repeats >= 1 and rounds >= 1, got {repeats} and {rounds}")
     if clock_name not in CLOCKS:
         raise OFAError(f"unknown clock '{clock_name}'; allowed: {', '.join(CLOCKS)}")
     clock = pick_clock(clock_name, threads, device)
@@ -122,6 +129,8 @@ def measure_nets(nets: Sequence[NetSpec], runtime: str = "onnxruntime", threads:
                 progress(i + 1, len(nets) * (rounds + 1))
         for rd in range(rounds):
             for i, r in enumerate(runners):
+                for _ in range(turn_warmup):
+                    r.run()
                 runs = []
                 for _ in range(repeats):
                     t0 = clock()
@@ -178,7 +187,8 @@ def quality(pred: np.ndarray, real: np.ndarray) -> dict:
 def fit_measured_profile(space: SpaceSpec, name: str = "cpu", device: str = "cpu", runtime: str = "onnxruntime",
                          threads: int = 1, n_fit: int = 100, n_test: int = 20, seed: int = 0,
                          warmup: int = 5, repeats: int = 2, rounds: int = 30,
-                         progress: Callable[[int, int], None] | None = None, clock_name: str = "auto") -> Profile:
+                         progress: Callable[[int, int], None] | None = None, clock_name: str = "auto",
+                         turn_warmup: int = 3) -> Profile:
     """Measure `n_fit + n_test` random subnets (interleaved), fit on the first, report error on the rest."""
     if n_fit < 20 or n_test < 3:
         raise OFAError(f"profiling needs at least 20 fitting and 3 test networks, got {n_fit} and {n_test}")
@@ -186,7 +196,7 @@ def fit_measured_profile(space: SpaceSpec, name: str = "cpu", device: str = "cpu
     archs = [space.sample(rng) for _ in range(n_fit + n_test)]
     archs[0], archs[1] = space.largest(), space.smallest()  # span the range in the fitting set
     nets = [space.net_spec(a) for a in archs]
-    ms = measure_nets(nets, runtime, threads, device, warmup, repeats, rounds, progress, clock_name)
+    ms = measure_nets(nets, runtime, threads, device, warmup, repeats, rounds, progress, clock_name, turn_warmup)
     clock_used = "thread CPU time" if pick_clock(clock_name, threads, device) is time.thread_time else "wall time"
     F = np.stack([net_features(n) for n in nets])
     coef = fit_relative(F[:n_fit], ms[:n_fit])
@@ -202,7 +212,7 @@ def fit_measured_profile(space: SpaceSpec, name: str = "cpu", device: str = "cpu
         description=f"{device} ({platform.processor() or platform.machine()}), {runtime}, {threads} thread(s), "
                     f"batch 1: per-layer model fit on {n_fit} measured subnets of {space.name}",
         provenance=f"measured here with `ofa profile` on {time.strftime('%Y-%m-%d')} ({clock_used}): median over "
-                   f"{rounds} interleaved rounds of the fastest of {repeats} runs",
+                   f"{rounds} interleaved rounds of the fastest of {repeats} runs after {turn_warmup} untimed ones",
         error={"summary": summary, "test": test_q, "fit": fit_q},
         extra={"runtime": runtime, "threads": threads, "device": device, "clock": clock_used, "n_fit": n_fit,
                "n_test": n_test, "seed": seed, "measured_ms": [float(v) for v in ms],

@@ -75,3 +75,11 @@ def test_net_spec_matches_reference_net_configs(name):
         ours = [(b.in_ch, b.out_ch, b.kernel, b.stride, b.mid_ch, b.act, b.se, b.residual) for b in spec.blocks]
         assert ours == ref
         assert spec.feature_mix.out_ch == case["net_config"]["feature_mix_layer"]["out_channels"]
+
+
+def test_summary_lists_only_active_blocks_stage_by_stage():
+    a = Arch(ks=(3, 5, 7, 7) * 5, e=(4, 6, 3, 3) * 5, d=(2, 3, 4, 2, 3), r=32)
+    assert a.summary() == "r32 d2.3.4.2.3 k35.357.3577.35.357 e46.463.4633.46.463"
+    p = Arch(ks=(5,) * 20 + (7,), e=(6,) * 20 + (3,), d=(2, 2, 2, 2, 2, 1), r=224)  # ProxylessNAS: last stage 1
+    assert p.summary() == "r224 d2.2.2.2.2.1 k55.55.55.55.55.7 e66.66.66.66.66.3"
+    assert p.summary(get_space("proxyless-w1.3").stage_max_depth) == p.summary()

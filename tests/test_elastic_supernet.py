@@ -14,6 +14,7 @@ from elastic.bn_calibration import recalibrate_bn
 from elastic.ops import DynamicDepthwiseConv
 from elastic.static_net import StaticNet
 from elastic.supernet import Supernet
+from nontrivial_state import randomize
 
 ALL_SPACES = ["mbv3-w1.0-small", "mbv3-w1.2-small", "proxyless-w1.3-small", "mbv3-w1.0", "mbv3-w1.2",
               "proxyless-w1.3"]
@@ -25,25 +26,6 @@ def _threads():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
-
-
-def randomize(net: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BN stats/affine and kernel transforms, so that every piece of state matters."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(1 + torch.randn(m.num_features, generator=g) * 0.1)
-                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            if isinstance(m, DynamicDepthwiseConv):
-                for name, p in m.named_parameters(recurse=False):
-                    if name.startswith("transform_"):
-                        p.add_(torch.randn(p.shape, generator=g) * 0.1)
-            if isinstance(m, nn.Conv2d) and m.bias is not None:
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-    return net
 
 
 _NETS: dict[str, Supernet] = {}

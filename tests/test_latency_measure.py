@@ -65,3 +65,31 @@ def test_robust_latency_removes_load_drift_within_rounds():
 
     assert scatter(robust_latency(T)) < 0.5 * scatter(np.median(T, axis=1))
     assert scatter(robust_latency(T)) < 0.02
+
+
+def test_each_turn_is_warmed_so_interleaving_does_not_time_cold_runs(monkeypatch):
+    """A network's first runs after other networks ran are slow (cold caches). Interleaved rounds must not time
+    them: with the untimed runs at the start of each turn the result is the warm latency."""
+    import time
+
+    import predictors.measure as measure
+
+    last = {"net": None}
+
+    class ColdAfterOthers:
+        def __init__(self, net, runtime, threads, device):
+            self.net, self.ms, self.round_min = net, [], []
+
+        def run(self):  # 6 ms on the first run after another network, 3 ms when it ran just before
+            ms = 3.0 if last["net"] is self else 6.0
+            last["net"] = self
+            end = time.thread_time() + ms / 1e3   # busy CPU time: what the thread clock counts, load or not
+            while time.thread_time() < end:
+                pass
+
+    monkeypatch.setattr(measure, "_Runner", ColdAfterOthers)
+    nets = [object(), object(), object()]
+    cold = measure_nets(nets, warmup=1, repeats=1, rounds=3, clock_name="thread", turn_warmup=0)
+    warm = measure_nets(nets, warmup=1, repeats=1, rounds=3, clock_name="thread")
+    assert np.all(cold > 5.5), cold
+    assert np.all((warm > 2.9) & (warm < 4.0)), warm

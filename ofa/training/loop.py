@@ -334,12 +334,13 @@ def _train_stage(stage: str, cfg: TrainConfig, run: RunDir, space: SpaceSpec, bu
             start_epoch, start_step = state["epoch"], state["step"]
             resumed_sums = state.get("epoch_sums")
         n_sub = cfg.subnets_per_step(stage)
+        sandwich = bool(cfg.resolved("sandwich")) and n_sub > 1   # (a schedule's default needs 2 subnets a step)
         sampler = DistributedSampler(bundle.train, num_replicas=info.world, rank=info.rank, shuffle=True,
                                      seed=derive_seed(cfg.seed, "data", stage_idx, phase.index) % (2 ** 31),
                                      drop_last=True)
         say(f"phase {phase.name}: {epochs} epoch(s) x {steps_per_epoch} steps, batch {batch}"
             f"{f' ({local_batch}/process x {info.world})' if info.distributed else ''}, lr {lr:.4g}, "
-            f"{n_sub} subnet(s)/step{' (sandwich)' if cfg.sandwich and n_sub > 1 else ''}, kernels {list(phase.ks)}, "
+            f"{n_sub} subnet(s)/step{' (sandwich)' if sandwich else ''}, kernels {list(phase.ks)}, "
             f"expands {list(phase.e)}, depths {list(phase.d)}, resolutions {list(space.resolutions)}")
 
         def checkpoint(epoch: int, step: int, sums: list[float] | None = None) -> None:
@@ -368,8 +369,8 @@ def _train_stage(stage: str, cfg: TrainConfig, run: RunDir, space: SpaceSpec, bu
                 key = (cfg.seed, stage_idx, phase.index, epoch, step)
                 rng = random.Random(derive_seed(*key, "archs"))
                 res = rng.choice(space.resolutions)
-                archs = sample_step_archs(space, phase, rng, n_sub, cfg.sandwich, res)
-                if cfg.augment:
+                archs = sample_step_archs(space, phase, rng, n_sub, sandwich, res)
+                if cfg.resolved("augment"):
                     gen = torch.Generator().manual_seed(derive_seed(*key, "augment"))
                     x = augment_batch(x, gen, bundle.flip, rank=info.rank, world=info.world)
                 x = prepare_batch(x, res, bundle.mean, bundle.std).to(device, non_blocking=True)
