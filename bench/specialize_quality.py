@@ -7,9 +7,9 @@
     supernet, BN-recalibrated on training images, and evaluated on the TEST split; reported: mean |real - predicted|
     (target <= 0.5 points on average) and Kendall tau.
 (b) timm `mobilenetv3_small_050/075/100` and `mobilenetv3_large_075/100` (random init, never downloaded weights,
-    num_classes = the run's, 3 input channels) are trained from scratch on the same data, resolution and number of
-    epochs as the run's whole schedule (from history.jsonl; `--epochs` overrides), with the run's optimizer
-    settings where stored (train_state.pt). Their batch-1 latency on this CPU is measured the way the `cpu` profile
+    num_classes = the run's, 3 input channels) are trained from scratch on the same data and resolution, for as
+    many passes over the training set as the run's whole schedule made (from history.jsonl, rounded up;
+    `--epochs` overrides), with the run's optimizer settings and augmentation where stored (train_state.pt). Their batch-1 latency on this CPU is measured the way the `cpu` profile
     measures (ONNX Runtime, one intra-op thread, thread-CPU clock, interleaved rounds, same robust statistic) --
     side by side with the specialized nets, in the same measurement session. Then the supernet is specialized for
     the `cpu` device at each timm model's measured latency, and both are compared (latency, test accuracy).
@@ -23,13 +23,10 @@ RUN/specialized/; finished timm trainings and subnet evaluations are cached in R
 from __future__ import annotations
 
 import argparse
-import hashlib
-import io
 import json
 import math
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from elastic.arch import Arch  # noqa: E402
 from ofa import atomic  # noqa: E402
 from ofa.run_dir import RunDir  # noqa: E402
+from ofa.specialization import file_digest  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TIMM_MODELS = ("mobilenetv3_small_050", "mobilenetv3_small_075", "mobilenetv3_small_100",
@@ -48,14 +46,6 @@ TIMM_MODELS = ("mobilenetv3_small_050", "mobilenetv3_small_075", "mobilenetv3_sm
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class Cache:
     """A JSON dict on disk, saved atomically after every new entry (an interrupted run keeps what it finished)."""
 
@@ -78,16 +68,21 @@ def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
     return float(kendalltau(a, b).statistic) if len(a) > 1 else float("nan")
 
 
-def run_epochs(rd: RunDir) -> int:
-    """Epochs the run trained in all (every stage and phase), counted once each even across resumes."""
-    seen = {(h.get("stage"), h.get("phase"), h.get("epoch")) for h in rd.history() if h.get("kind") == "epoch"}
-    return len(seen)
+def run_epochs(rd: RunDir, n_train: int) -> int:
+    """Passes over the training set the whole schedule made (images stepped on, every stage and phase, counted
+    once across resumes; an elastic step counts its batch once although it trains several subnets on it),
+    rounded up -- so the timm nets see at least as many images as the supernet did."""
+    images = {}
+    for h in rd.history():
+        if h.get("kind") == "epoch":
+            images[(h.get("stage"), h.get("phase"), h.get("epoch"))] = h["images_per_s"] * h["seconds"]
+    return max(1, math.ceil(round(sum(images.values())) / n_train - 1e-6))
 
 
 def train_settings(rd: RunDir) -> dict[str, Any]:
     """Batch size, learning rate, weight decay, label smoothing of the run (defaults where not stored)."""
     out = {"batch_size": 128, "lr": 0.05, "weight_decay": 4e-5, "label_smoothing": 0.1, "opt": "sgd",
-           "momentum": 0.9, "warmup_epochs": 1.0, "source": "defaults"}
+           "momentum": 0.9, "warmup_epochs": 1.0, "augment": True, "source": "defaults"}
     try:
         from ofa.training import TrainConfig
 
@@ -97,55 +92,22 @@ def train_settings(rd: RunDir) -> dict[str, Any]:
             out.update(batch_size=int(cfg.resolved("batch_size")), lr=float(cfg.base_lr()),
                        weight_decay=float(cfg.resolved("weight_decay")),
                        label_smoothing=float(cfg.resolved("label_smoothing")), opt=cfg.opt, momentum=cfg.momentum,
-                       warmup_epochs=float(cfg.resolved("warmup_epochs")), source="train_state.pt")
+                       warmup_epochs=float(cfg.resolved("warmup_epochs")), augment=bool(cfg.resolved("augment")),
+                       source="train_state.pt")
     except Exception as exc:  # noqa: BLE001 - an old/odd state file: fall back to defaults, say so
         out["source"] = f"defaults ({type(exc).__name__}: {exc})"
     return out
 
 
 # ------------------------------------------------------------------------------------------------ latency
-class OrtRunner:
-    """A module exported to ONNX and run by ONNX Runtime exactly as `predictors.measure` runs a profile's nets."""
-
-    def __init__(self, model: torch.nn.Module, channels: int, resolution: int, threads: int):
-        import onnxruntime as ort
-
-        model = model.eval()
-        x = torch.randn(1, channels, resolution, resolution)
-        buf = io.BytesIO()
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, (x,), buf, input_names=["x"], output_names=["y"], dynamo=False, opset_version=17)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.log_severity_level = 3
-        sess = ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
-        feed = {"x": x.numpy()}
-        self.run = lambda: sess.run(None, feed)
-
-
 def measure_modules(models: dict[str, torch.nn.Module], channels: int, resolution: int, threads: int = 1,
-                    warmup: int = 5, repeats: int = 2, rounds: int = 30) -> dict[str, float]:
-    """Batch-1 latency (ms) of each module, with `predictors.measure`'s clock, interleaving and statistic."""
-    from predictors.measure import pick_clock, robust_latency
+                    rounds: int = 30) -> dict[str, float]:
+    """Batch-1 latency (ms) of each module, measured exactly as a `cpu` profile measures its subnets."""
+    from predictors.measure import measure_modules as measure
 
-    clock = pick_clock("auto", threads, "cpu")
-    runners = {k: OrtRunner(m, channels, resolution, threads) for k, m in models.items()}
-    for r in runners.values():
-        for _ in range(warmup):
-            r.run()
-    mins: dict[str, list[float]] = {k: [] for k in runners}
-    for _ in range(rounds):
-        for k, r in runners.items():
-            runs = []
-            for _ in range(repeats):
-                t0 = clock()
-                r.run()
-                runs.append((clock() - t0) * 1e3)
-            mins[k].append(min(runs))
-    lat = robust_latency(np.array([mins[k] for k in runners]))
-    return {k: float(v) for k, v in zip(runners, lat)}
+    lat = measure(list(models.values()), [(channels, resolution, resolution)] * len(models), threads=threads,
+                  rounds=rounds)
+    return {k: float(v) for k, v in zip(models, lat)}
 
 
 def cpu_profile(space, device: str, quick: bool, threads: int, run_path: Path) -> str:
@@ -181,6 +143,7 @@ def train_timm(name: str, bundle, resolution: int, epochs: int, settings: dict[s
 
     torch.manual_seed(seed)
     model = timm.create_model(name, pretrained=False, num_classes=bundle.n_classes, in_chans=3)
+    model = model.to(memory_format=torch.channels_last)   # as fast on this CPU as our nets (same layout)
     bs = settings["batch_size"]
     steps = math.ceil(len(bundle.train) / bs) if max_steps is None else min(max_steps, math.ceil(len(bundle.train) / bs))
     opt = create_optimizer_v2(model, settings["opt"], lr=settings["lr"], weight_decay=settings["weight_decay"],
@@ -197,7 +160,8 @@ def train_timm(name: str, bundle, resolution: int, epochs: int, settings: dict[s
                                                     seed=seed + epoch)):
             if step >= steps:
                 break
-            x = augment_batch(x, gen, bundle.flip)
+            if settings.get("augment", True):
+                x = augment_batch(x, gen, bundle.flip).contiguous(memory_format=torch.channels_last)
             opt.zero_grad(set_to_none=True)
             loss_fn(model(x), y).backward()
             opt.step()
@@ -237,13 +201,13 @@ def main() -> None:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if quick and args.models == ",".join(TIMM_MODELS):
         models = ["mobilenetv3_small_050", "mobilenetv3_large_100"]
-    epochs = args.epochs or (1 if quick else max(1, run_epochs(rd)))
+    epochs = args.epochs or (1 if quick else run_epochs(rd, len(bundle.train)))
     max_steps = 20 if quick else None
     resolution = max(space.resolutions)
     rounds = 5 if quick else args.rounds
     RESULTS.mkdir(parents=True, exist_ok=True)
     cache = Cache(rd.path / "bench" / "specialize_quality_cache.json", enabled=not args.no_cache)
-    sn_hash = sha256(rd.weights_file)[:16]
+    sn_hash = file_digest(rd.weights_file)[:16]
     t_start = time.time()
     print(f"run {rd.path}: space {space.name}, data {bundle.name}, supernet {sn_hash}, predictor {pred.kind}")
 

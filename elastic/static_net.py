@@ -134,7 +134,26 @@ def zero_init_residual(model: nn.Module) -> None:
             nn.init.zeros_(m.project.bn.weight)
 
 
-class StaticNet(nn.Module):
+class ClassifierHead(nn.Module):
+    """The head StaticNet and the supernet share: [final_expand] -> pool / feature_mix -> dropout -> classifier.
+    (A base class, not a function, so that TorchScript can compile StaticNet.)"""
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        if self.final_expand is not None:
+            x = self.final_expand(x)
+        if self.mix_after_pool:
+            x = x.mean((2, 3), keepdim=True)
+            if self.feature_mix is not None:
+                x = self.feature_mix(x)
+        else:
+            if self.feature_mix is not None:
+                x = self.feature_mix(x)
+            x = x.mean((2, 3), keepdim=True)
+        x = torch.flatten(x, 1)
+        return self.classifier(self.dropout(x))
+
+
+class StaticNet(ClassifierHead):
     """A static MobileNetV3 / ProxylessNAS network built from a `NetSpec`.
 
     `net_spec` is kept; `arch` is the Arch it was extracted for (None when built from a spec or a net_config).
@@ -161,19 +180,7 @@ class StaticNet(nn.Module):
         self.to(memory_format=MEMORY_FORMAT)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.blocks(self.stem(x))
-        if self.final_expand is not None:
-            x = self.final_expand(x)
-        if self.mix_after_pool:
-            x = x.mean((2, 3), keepdim=True)
-            if self.feature_mix is not None:
-                x = self.feature_mix(x)
-        else:
-            if self.feature_mix is not None:
-                x = self.feature_mix(x)
-            x = x.mean((2, 3), keepdim=True)
-        x = torch.flatten(x, 1)
-        return self.classifier(self.dropout(x))
+        return self.head(self.blocks(self.stem(x)))
 
 
 def static_from_state_dict(net_spec: NetSpec, state_dict: dict[str, torch.Tensor],
@@ -209,5 +216,5 @@ def static_from_state_dict(net_spec: NetSpec, state_dict: dict[str, torch.Tensor
     return net
 
 
-__all__ = ["MEMORY_FORMAT", "ConvBNAct", "MBConv", "SqueezeExcite", "StaticNet", "init_weights",
+__all__ = ["MEMORY_FORMAT", "ConvBNAct", "MBConv", "ClassifierHead", "SqueezeExcite", "StaticNet", "init_weights",
            "static_from_state_dict"]

@@ -14,11 +14,11 @@ from elastic.arch import Arch
 from elastic.errors import OFAError
 from elastic.ops import DynamicDepthwiseConv, DynamicMBConv
 from elastic.spaces import SpaceSpec
-from elastic.static_net import (MEMORY_FORMAT, ConvBNAct, MBConv, StaticNet, init_weights,
+from elastic.static_net import (MEMORY_FORMAT, ClassifierHead, ConvBNAct, MBConv, StaticNet, init_weights,
                                static_from_state_dict)
 
 
-class Supernet(nn.Module):
+class Supernet(ClassifierHead):
     def __init__(self, space: SpaceSpec):
         super().__init__()
         if not isinstance(space, SpaceSpec):
@@ -75,18 +75,7 @@ class Supernet(nn.Module):
         x = self.blocks[0](self.stem(x))
         for blk in self._active_blocks:
             x = blk(x)
-        if self.final_expand is not None:
-            x = self.final_expand(x)
-        if self.mix_after_pool:
-            x = x.mean((2, 3), keepdim=True)
-            if self.feature_mix is not None:
-                x = self.feature_mix(x)
-        else:
-            if self.feature_mix is not None:
-                x = self.feature_mix(x)
-            x = x.mean((2, 3), keepdim=True)
-        x = torch.flatten(x, 1)
-        return self.classifier(self.dropout(x))
+        return self.head(x)
 
     def train(self, mode: bool = True) -> "Supernet":
         super().train(mode)

@@ -75,7 +75,8 @@ def build_constraints(latency: Any = None, macs: Any = None, params: Any = None)
     return [Constraints(pick(lat, i), pick(mac, i), pick(par, i)) for i in range(n)]
 
 
-def _file_digest(path: Path) -> str:
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -260,7 +261,7 @@ def _materialize(rd, sp, results, profile, exports, calib_images, measure, evalu
 
     supernet = rd.load_supernet()
     bundle = rd.load_data() if evaluate or calib_images else None
-    provenance = {"run": str(rd.path), "supernet_sha256": _file_digest(rd.weights_file),
+    provenance = {"run": str(rd.path), "supernet_sha256": file_digest(rd.weights_file),
                   "data": rd.data_config(), "seed": seed}
     calib: dict[int, list] = {}
     for r in results:

@@ -46,16 +46,18 @@ def build_module(net: NetSpec):
 
 
 class _Runner:
-    def __init__(self, net: NetSpec, runtime: str, threads: int, device: str):
+    """Runs one eval-mode module at batch 1 with the chosen runtime; `run()` is one inference."""
+
+    def __init__(self, model, input_shape: tuple[int, int, int], runtime: str, threads: int, device: str):
         import torch
 
         self.ms: list[float] = []       # every timed run
         self.round_min: list[float] = []  # fastest run of each round
-        model = build_module(net)
-        x = torch.randn(1, net.in_channels, net.resolution, net.resolution)
+        model = model.eval()
+        x = torch.randn(1, *input_shape)
         if runtime == "torch":
             dev = torch.device(device)
-            model, x = model.to(dev), x.to(dev)
+            model, x = model.to(dev), x.to(dev).contiguous(memory_format=torch.channels_last)
             sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
             def run():
@@ -83,20 +85,8 @@ class _Runner:
             self.run = lambda: sess.run(None, feed)
 
 
-def measure_nets(nets: Sequence[NetSpec], runtime: str = "onnxruntime", threads: int = 1, device: str = "cpu",
-                 warmup: int = 5, repeats: int = 2, rounds: int = 30,
-                 progress: Callable[[int, int], None] | None = None, clock_name: str = "auto",
-                 turn_warmup: int = 3) -> np.ndarray:
-    """Batch-1 latency (ms) of each network: timed in `rounds` interleaved rounds; in each round a network runs
-    `turn_warmup` untimed times, then `repeats` timed times; the median over rounds of each round's fastest run.
-
-    Many short rounds spread every network's runs over the whole session, so load from other processes on a
-    shared machine shifts all networks alike instead of whichever happened to run during a busy second.
-    The untimed runs at the start of each turn matter: right after the other networks ran, a small network's
-    first runs are cold (caches, allocator) and took about 2x its steady latency on this 2-core machine
-    (measured: 0.76 vs 0.38 ms), while a deployed network runs back to back. With them, an interleaved
-    measurement equals one of the network alone to a few percent.
-    """
+def _check_settings(runtime: str, threads: int, device: str, clock_name: str, warmup: int, repeats: int,
+                    rounds: int, turn_warmup: int) -> None:
     if runtime not in RUNTIMES:
         raise OFAError(f"unknown runtime '{runtime}'; allowed: {', '.join(RUNTIMES)}")
     if device not in ("cpu", "cuda"):
@@ -116,17 +106,49 @@ def measure_nets(nets: Sequence[NetSpec], runtime: str = "onnxruntime", threads:
         raise OFAError(f"measuring needs repeats >= 1 and rounds >= 1, got {repeats} and {rounds}")
     if clock_name not in CLOCKS:
         raise OFAError(f"unknown clock '{clock_name}'; allowed: {', '.join(CLOCKS)}")
+
+
+def measure_nets(nets: Sequence[NetSpec], runtime: str = "onnxruntime", threads: int = 1, device: str = "cpu",
+                 warmup: int = 5, repeats: int = 2, rounds: int = 30,
+                 progress: Callable[[int, int], None] | None = None, clock_name: str = "auto",
+                 turn_warmup: int = 3) -> np.ndarray:
+    """Batch-1 latency (ms) of each network of `nets` (see `measure_modules`; weights are random)."""
+    _check_settings(runtime, threads, device, clock_name, warmup, repeats, rounds, turn_warmup)
+    return measure_modules([build_module(n) for n in nets], [(n.in_channels, n.resolution, n.resolution) for n in nets],
+                           runtime, threads, device, warmup, repeats, rounds, progress, clock_name, turn_warmup)
+
+
+def measure_modules(models: Sequence, input_shapes: Sequence[tuple[int, int, int]], runtime: str = "onnxruntime",
+                    threads: int = 1, device: str = "cpu", warmup: int = 5, repeats: int = 2, rounds: int = 30,
+                    progress: Callable[[int, int], None] | None = None, clock_name: str = "auto",
+                    turn_warmup: int = 3) -> np.ndarray:
+    """Batch-1 latency (ms) of each module (its input shape (C, H, W) beside it): timed in `rounds` interleaved
+    rounds; in each round a module runs `turn_warmup` untimed times, then `repeats` timed times; the result is
+    the median over rounds of each round's fastest run (load-corrected, see `robust_latency`).
+
+    Many short rounds spread every network's runs over the whole session, so load from other processes on a
+    shared machine shifts all networks alike instead of whichever happened to run during a busy second.
+    The untimed runs at the start of each turn matter: right after the other networks ran, a small network's
+    first runs are cold (caches, allocator) and took about 2x its steady latency on this 2-core machine
+    (measured: 0.76 vs 0.38 ms), while a deployed network runs back to back. With them, an interleaved
+    measurement equals one of the network alone to a few percent.
+    """
+    _check_settings(runtime, threads, device, clock_name, warmup, repeats, rounds, turn_warmup)
+    if len(models) != len(input_shapes):
+        raise ValueError(f"{len(models)} modules but {len(input_shapes)} input shapes")
+    import torch
+
     clock = pick_clock(clock_name, threads, device)
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         runners = []
-        for i, net in enumerate(nets):
-            runners.append(_Runner(net, runtime, threads, device))
+        for i, (model, shape) in enumerate(zip(models, input_shapes)):
+            runners.append(_Runner(model, tuple(shape), runtime, threads, device))
             for _ in range(warmup):
                 runners[-1].run()
             if progress:
-                progress(i + 1, len(nets) * (rounds + 1))
+                progress(i + 1, len(models) * (rounds + 1))
         for rd in range(rounds):
             for i, r in enumerate(runners):
                 for _ in range(turn_warmup):
@@ -139,7 +161,7 @@ def measure_nets(nets: Sequence[NetSpec], runtime: str = "onnxruntime", threads:
                 r.ms.extend(runs)
                 r.round_min.append(min(runs))
                 if progress:
-                    progress(len(nets) * (rd + 1) + i + 1, len(nets) * (rounds + 1))
+                    progress(len(models) * (rd + 1) + i + 1, len(models) * (rounds + 1))
         return robust_latency(np.array([r.round_min for r in runners]))
     finally:
         torch.set_num_threads(old_threads)

@@ -11,7 +11,7 @@ import pytest
 from elastic.errors import OFAError
 from elastic.spaces import get_space
 from predictors.latency import get_latency_predictor
-from predictors.measure import measure_nets
+from predictors.measure import measure_modules, measure_nets
 
 
 def test_profile_cli_fits_and_ranks_fresh_subnets(tmp_path, monkeypatch, capsys):
@@ -77,8 +77,8 @@ def test_each_turn_is_warmed_so_interleaving_does_not_time_cold_runs(monkeypatch
     last = {"net": None}
 
     class ColdAfterOthers:
-        def __init__(self, net, runtime, threads, device):
-            self.net, self.ms, self.round_min = net, [], []
+        def __init__(self, model, input_shape, runtime, threads, device):
+            self.ms, self.round_min = [], []
 
         def run(self):  # 6 ms on the first run after another network, 3 ms when it ran just before
             ms = 3.0 if last["net"] is self else 6.0
@@ -88,8 +88,8 @@ def test_each_turn_is_warmed_so_interleaving_does_not_time_cold_runs(monkeypatch
                 pass
 
     monkeypatch.setattr(measure, "_Runner", ColdAfterOthers)
-    nets = [object(), object(), object()]
-    cold = measure_nets(nets, warmup=1, repeats=1, rounds=3, clock_name="thread", turn_warmup=0)
-    warm = measure_nets(nets, warmup=1, repeats=1, rounds=3, clock_name="thread")
+    models, shapes = [object(), object(), object()], [(3, 8, 8)] * 3
+    cold = measure_modules(models, shapes, warmup=1, repeats=1, rounds=3, clock_name="thread", turn_warmup=0)
+    warm = measure_modules(models, shapes, warmup=1, repeats=1, rounds=3, clock_name="thread")
     assert np.all(cold > 5.5), cold
     assert np.all((warm > 2.9) & (warm < 4.0)), warm
