@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from elastic.arch import Arch
 from elastic.errors import OFAError
 from elastic.spaces import get_space
 from elastic.supernet import Supernet
@@ -152,7 +153,20 @@ def test_supernet_search_meets_budget_and_keeps_supernet(space, predictor, super
     assert arch.r in res
     assert info["latency"] == pytest.approx(float(predictor.predict([arch])[0]))
     assert info["latency"] <= budget
-    assert info["feasible_by"] == "search" or info["feasible_by"].startswith(("strengthened", "greedy"))
+    assert info["feasible_by"].split(";")[0] == "search" or info["feasible_by"].startswith(("strengthened", "greedy"))
+    # what the argmax left of the budget is spent: no single change to a costlier choice still fits
+    alphas_idx = [space.ks_choices.index(k) for k in arch.ks] + [space.e_choices.index(e) for e in arch.e]
+    costlier = []
+    for i, j in enumerate(alphas_idx):
+        choices = space.ks_choices if i < space.n_blocks else space.e_choices
+        for alt in range(len(choices)):
+            ks, es = list(arch.ks), list(arch.e)
+            (ks if i < space.n_blocks else es)[i % space.n_blocks] = choices[alt]
+            cand = Arch(tuple(ks), tuple(es), arch.d, arch.r)
+            lat = float(predictor.predict([cand])[0])
+            if lat > info["latency"] + 1e-9:
+                costlier.append(lat)
+    assert costlier and min(costlier) > budget
     assert len(info["history"]) >= 2 and info["history"][0]["expected_latency"] > budget
     after = supernet.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)   # weights and BN statistics untouched
