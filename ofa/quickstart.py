@@ -43,7 +43,7 @@ def _cpu_profile(run_path: Path, space, say: Callable[[str], None]) -> Path:
 
 
 def quickstart(run: str | Path = "checkpoints/quickstart", *, data: str | None = None,
-               devices: Sequence[str] = DEFAULT_DEVICES, samples: int = 100, schedule: str = "quick",
+               devices: Sequence[str] = DEFAULT_DEVICES, samples: int = 200, schedule: str = "quick",
                seed: int = 0, say: Callable[[str], None] = print, train_overrides: dict[str, Any] | None = None,
                calib_images: int = 1000) -> dict[str, Any]:
     from ofa import atomic

@@ -14,7 +14,7 @@ def quickstart_cmd(
     run: Path = typer.Option(Path("checkpoints/quickstart"), "--run", help="Run directory (resumes if present)."),
     data: Optional[str] = typer.Option(None, "--data", help="Dataset (default: Fashion-MNIST where available, else digits)."),
     devices: str = typer.Option("cpu,pixel1,note10", "--devices", help="Devices to specialize for (comma-separated)."),
-    samples: int = typer.Option(100, "--samples", help="Subnets measured for the accuracy predictor."),
+    samples: int = typer.Option(200, "--samples", help="Subnets measured for the accuracy predictor (Kendall tau on held-out subnets: about 0.56 at 100, 0.75 at 200, 0.83 at 800)."),
     schedule: str = typer.Option("quick", "--schedule", help="quick | full"),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
