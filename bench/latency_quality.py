@@ -4,7 +4,7 @@
 2. Speed: predicting 10,000 archs with each predictor kind (batched tables) vs per-net `predict_net`.
 3. Measured CPU (ONNX Runtime): fit a profile on N random subnets, then 100 fresh subnets: share of predictions
    within 10% of the measured median, Kendall tau, MAPE.  (Noisy on a shared machine; medians, interleaved.)
-Writes bench/results/latency_quality.json.
+Writes bench/results/latency_quality.json (latency_quality_<space>.json for another --space).
 
     python3 bench/latency_quality.py [--space mbv3-w1.0] [--fit 60] [--test 100] [--threads 1] [--skip-measure]
 """
@@ -101,7 +101,8 @@ def main() -> None:
         print(f"measured {args.space} ({args.runtime}, {args.threads} thread): {args.test} fresh subnets: "
               f"{100 * q['within_10pct']:.0f}% within 10%, tau {q['kendall_tau']:.3f}, MAPE {q['mape_pct']:.1f}% "
               f"(fit on {args.fit}; {out['measured']['seconds']:.0f} s)")
-    write_json_atomic(ROOT / "bench" / "results" / "latency_quality.json", out)
+    name = "latency_quality.json" if args.space == "mbv3-w1.0" else f"latency_quality_{args.space}.json"
+    write_json_atomic(ROOT / "bench" / "results" / name, out)
 
 
 if __name__ == "__main__":
