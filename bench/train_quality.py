@@ -49,6 +49,8 @@ def main() -> None:
                           device=args.device, threads=args.threads, progress=args.progress, overwrite=True)
         train(cfg)
     train_s = time.time() - t0
+    if args.eval_only:  # the run's own record: seconds of every epoch (stage-end evaluations not included)
+        train_s = sum(h.get("seconds", 0.0) for h in RunDir(run).history() if h.get("kind") == "epoch")
 
     rd = RunDir(run)
     space = rd.load_space()
