@@ -4,6 +4,8 @@
 2. Speed: predicting 10,000 archs with each predictor kind (batched tables) vs per-net `predict_net`.
 3. Measured CPU (ONNX Runtime): fit a profile on N random subnets, then 100 fresh subnets: share of predictions
    within 10% of the measured median, Kendall tau, MAPE.  (Noisy on a shared machine; medians, interleaved.)
+   `--repeatability`: the fresh subnets are timed again in a second session and the two measurements are scored
+   against each other with the same metrics: the ceiling any predictor can reach against one noisy measurement.
 Writes bench/results/latency_quality.json (latency_quality_<space>.json for another --space).
 
     python3 bench/latency_quality.py [--space mbv3-w1.0] [--fit 60] [--test 100] [--threads 1] [--skip-measure]
@@ -25,7 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 from elastic.spaces import get_space  # noqa: E402
 from predictors.latency import get_latency_predictor  # noqa: E402
-from predictors.measure import fit_measured_profile  # noqa: E402
+from predictors.layers import net_features  # noqa: E402
+from predictors.measure import fit_measured_profile, measure_nets, quality  # noqa: E402
 from predictors.net_config import netspec_from_json  # noqa: E402
 from predictors.profiles import write_json_atomic  # noqa: E402
 
@@ -78,6 +81,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--skip-measure", action="store_true")
+    ap.add_argument("--repeatability", action="store_true",
+                    help="time the fresh subnets again in a second session and score measurement against measurement")
     args = ap.parse_args()
     out: dict = {"published": published(), "speed": speed()}
     for r in out["published"]:
@@ -101,6 +106,21 @@ def main() -> None:
         print(f"measured {args.space} ({args.runtime}, {args.threads} thread): {args.test} fresh subnets: "
               f"{100 * q['within_10pct']:.0f}% within 10%, tau {q['kendall_tau']:.3f}, MAPE {q['mape_pct']:.1f}% "
               f"(fit on {args.fit}; {out['measured']['seconds']:.0f} s)")
+        if args.repeatability:
+            from elastic.arch import Arch
+
+            fresh = [space.net_spec(Arch.from_dict(a)) for a in prof.extra["archs"][args.fit:]]
+            first = np.asarray(prof.extra["measured_ms"][args.fit:])
+            second = measure_nets(fresh, runtime=args.runtime, threads=args.threads, repeats=args.repeats,
+                                  rounds=args.rounds)
+            r = quality(second, first)
+            pred = np.stack([net_features(n) for n in fresh]) @ prof.regression.coef
+            pr = quality(pred, second)
+            out["measured"]["repeatability"] = {"second_session_vs_first": r, "predictor_vs_second": pr,
+                                                "second_ms": second.tolist()}
+            print(f"  the same {args.test} subnets timed again: {100 * r['within_10pct']:.0f}% within 10% of the first "
+                  f"session, tau {r['kendall_tau']:.3f}, MAPE {r['mape_pct']:.1f}% (the noise ceiling); the predictor against the second session: "
+                  f"{100 * pr['within_10pct']:.0f}% within 10%, tau {pr['kendall_tau']:.3f}")
     name = "latency_quality.json" if args.space == "mbv3-w1.0" else f"latency_quality_{args.space}.json"
     write_json_atomic(ROOT / "bench" / "results" / name, out)
 
