@@ -9,7 +9,7 @@ test split (`ofa.training.evaluate.evaluate_arch`), so the two are compared on r
 Target (issue): proxyless within 0.5 percentage points of evolution at the same budget, and within the budget.
 
 Usage: python bench/proxyless_vs_evolution.py --run checkpoints/<run> --device pixel1 --latency 6ms,8ms
-       [--steps 300] [--calib-images 2000] [--test-limit N]     (writes bench/results/proxyless_vs_evolution_<device>.json)
+       [--steps 300] [--calib-images 2000] [--test-limit N]     (writes bench/results/proxyless_vs_evolution_<run name>_<device>.json)
 Needs a trained run with an accuracy predictor (`ofa train`, `ofa fit-predictor`).
 """
 from __future__ import annotations
@@ -82,7 +82,7 @@ def main() -> None:
         print(f"{b:g} ms  evolution {e['test_accuracy'] * 100:6.2f}% @ {e['latency_ms']:.3f} ms ({e['search_seconds']:.1f}s) | "
               f"proxyless {p['test_accuracy'] * 100:6.2f}% @ {p['latency_ms']:.3f} ms ({p['search_seconds']:.1f}s, "
               f"{p['feasible_by']}) | gap {row['gap_pp']:+.2f} pp {'OK' if row['within_0.5pp'] and p['meets_budget'] else 'MISS'}")
-    out = Path(__file__).resolve().parent / "results" / f"proxyless_vs_evolution_{args.device}.json"
+    out = Path(__file__).resolve().parent / "results" / f"proxyless_vs_evolution_{rd.path.name}_{args.device}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps({"run": str(rd.path), "space": space.name, "device": args.device, "steps": args.steps,

@@ -21,6 +21,19 @@ import numpy as np
 from elastic.errors import OFAError
 
 
+def _single_changes(idx: list[int], log_probs: Sequence[np.ndarray]) -> tuple[list[list[int]], list[float]]:
+    """Every choice vector one change away from `idx`, with the log-probability each change gives up."""
+    cands, cost = [], []
+    for c, lp in enumerate(log_probs):
+        for j in range(len(lp)):
+            if j != idx[c]:
+                alt = list(idx)
+                alt[c] = j
+                cands.append(alt)
+                cost.append(float(lp[idx[c]] - lp[j]))
+    return cands, cost
+
+
 def greedy_to_budget(current: Sequence[int], log_probs: Sequence[np.ndarray],
                      latency_of: Callable[[list[list[int]]], np.ndarray], target: float,
                      max_moves: int = 1000) -> tuple[list[int], float, int]:
@@ -29,14 +42,7 @@ def greedy_to_budget(current: Sequence[int], log_probs: Sequence[np.ndarray],
     lat = float(latency_of([idx])[0])
     moves = 0
     while lat > target and moves < max_moves:
-        cands, cost = [], []
-        for c, lp in enumerate(log_probs):
-            for j in range(len(lp)):
-                if j != idx[c]:
-                    alt = list(idx)
-                    alt[c] = j
-                    cands.append(alt)
-                    cost.append(lp[idx[c]] - lp[j])
+        cands, cost = _single_changes(idx, log_probs)
         if not cands:
             break
         lats = np.asarray(latency_of(cands), dtype=np.float64)
@@ -69,14 +75,7 @@ def greedy_fill_budget(current: Sequence[int], log_probs: Sequence[np.ndarray],
         raise OFAError(f"cannot fill a budget of {target:g} from an arch that misses it ({lat:.4g})")
     moves = 0
     while moves < max_moves:
-        cands, cost = [], []
-        for c, lp in enumerate(log_probs):
-            for j in range(len(lp)):
-                if j != idx[c]:
-                    alt = list(idx)
-                    alt[c] = j
-                    cands.append(alt)
-                    cost.append(lp[idx[c]] - lp[j])
+        cands, cost = _single_changes(idx, log_probs)
         if not cands:
             break
         lats = np.asarray(latency_of(cands), dtype=np.float64)
