@@ -80,6 +80,7 @@ def main() -> None:
     ap.add_argument("--runtime", default="onnxruntime")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--instances", type=int, default=1, help="runtime sessions per network, averaged")
     ap.add_argument("--skip-measure", action="store_true")
     ap.add_argument("--repeatability", action="store_true",
                     help="time the fresh subnets again in a second session and score measurement against measurement")
@@ -97,9 +98,11 @@ def main() -> None:
         # fit and fresh subnets are timed in one interleaved session (a shared machine drifts between sessions);
         # the fresh ones are never used for fitting
         prof = fit_measured_profile(space, runtime=args.runtime, threads=args.threads, n_fit=args.fit,
-                                    n_test=args.test, repeats=args.repeats, rounds=args.rounds, seed=1)
+                                    n_test=args.test, repeats=args.repeats, rounds=args.rounds, seed=1,
+                                    instances=args.instances)
         q = prof.error["test"]
         out["measured"] = {"space": args.space, "runtime": args.runtime, "threads": args.threads, "n_fit": args.fit,
+                           "rounds": args.rounds, "repeats": args.repeats, "instances": args.instances,
                            "profile_error": prof.error, "fresh": q, "seconds": time.perf_counter() - t0,
                            "coef": prof.regression.to_dict(), "measured_ms": prof.extra["measured_ms"],
                            "archs": prof.extra["archs"]}
@@ -112,7 +115,7 @@ def main() -> None:
             fresh = [space.net_spec(Arch.from_dict(a)) for a in prof.extra["archs"][args.fit:]]
             first = np.asarray(prof.extra["measured_ms"][args.fit:])
             second = measure_nets(fresh, runtime=args.runtime, threads=args.threads, repeats=args.repeats,
-                                  rounds=args.rounds)
+                                  rounds=args.rounds, instances=args.instances)
             r = quality(second, first)
             pred = np.stack([net_features(n) for n in fresh]) @ prof.regression.coef
             pr = quality(pred, second)

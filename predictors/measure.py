@@ -86,7 +86,7 @@ class _Runner:
 
 
 def _check_settings(runtime: str, threads: int, device: str, clock_name: str, warmup: int, repeats: int,
-                    rounds: int, turn_warmup: int) -> None:
+                    rounds: int, turn_warmup: int, instances: int = 1) -> None:
     if runtime not in RUNTIMES:
         raise OFAError(f"unknown runtime '{runtime}'; allowed: {', '.join(RUNTIMES)}")
     if device not in ("cpu", "cuda"):
@@ -104,6 +104,8 @@ def _check_settings(runtime: str, threads: int, device: str, clock_name: str, wa
         raise OFAError(f"--threads must be a positive integer, got {threads!r}")
     if repeats < 1 or rounds < 1 or warmup < 0 or turn_warmup < 0:
         raise OFAError(f"measuring needs repeats >= 1 and rounds >= 1, got {repeats} and {rounds}")
+    if not isinstance(instances, int) or instances < 1:
+        raise OFAError(f"--instances must be a positive integer, got {instances!r}")
     if clock_name not in CLOCKS:
         raise OFAError(f"unknown clock '{clock_name}'; allowed: {', '.join(CLOCKS)}")
 
@@ -111,17 +113,18 @@ def _check_settings(runtime: str, threads: int, device: str, clock_name: str, wa
 def measure_nets(nets: Sequence[NetSpec], runtime: str = "onnxruntime", threads: int = 1, device: str = "cpu",
                  warmup: int = 5, repeats: int = 2, rounds: int = 30,
                  progress: Callable[[int, int], None] | None = None, clock_name: str = "auto",
-                 turn_warmup: int = 3) -> np.ndarray:
+                 turn_warmup: int = 3, instances: int = 1) -> np.ndarray:
     """Batch-1 latency (ms) of each network of `nets` (see `measure_modules`; weights are random)."""
-    _check_settings(runtime, threads, device, clock_name, warmup, repeats, rounds, turn_warmup)
+    _check_settings(runtime, threads, device, clock_name, warmup, repeats, rounds, turn_warmup, instances)
     return measure_modules([build_module(n) for n in nets], [(n.in_channels, n.resolution, n.resolution) for n in nets],
-                           runtime, threads, device, warmup, repeats, rounds, progress, clock_name, turn_warmup)
+                           runtime, threads, device, warmup, repeats, rounds, progress, clock_name, turn_warmup,
+                           instances)
 
 
 def measure_modules(models: Sequence, input_shapes: Sequence[tuple[int, int, int]], runtime: str = "onnxruntime",
                     threads: int = 1, device: str = "cpu", warmup: int = 5, repeats: int = 2, rounds: int = 30,
                     progress: Callable[[int, int], None] | None = None, clock_name: str = "auto",
-                    turn_warmup: int = 3) -> np.ndarray:
+                    turn_warmup: int = 3, instances: int = 1) -> np.ndarray:
     """Batch-1 latency (ms) of each module (its input shape (C, H, W) beside it): timed in `rounds` interleaved
     rounds; in each round a module runs `turn_warmup` untimed times, then `repeats` timed times; the result is
     the median over rounds of each round's fastest run (load-corrected, see `robust_latency`).
@@ -132,8 +135,13 @@ def measure_modules(models: Sequence, input_shapes: Sequence[tuple[int, int, int
     first runs are cold (caches, allocator) and took about 2x its steady latency on this 2-core machine
     (measured: 0.76 vs 0.38 ms), while a deployed network runs back to back. With them, an interleaved
     measurement equals one of the network alone to a few percent.
+
+    `instances` > 1 builds that many runtime sessions of every module, all timed in the same rounds, and
+    averages their latencies. At a fraction of a millisecond one session of a network differs from another
+    session of the same network by about 3% (standard deviation, measured: buffer placement), which averaging
+    two sessions brings down to about 2%; it costs `instances` times the measuring time.
     """
-    _check_settings(runtime, threads, device, clock_name, warmup, repeats, rounds, turn_warmup)
+    _check_settings(runtime, threads, device, clock_name, warmup, repeats, rounds, turn_warmup, instances)
     if len(models) != len(input_shapes):
         raise ValueError(f"{len(models)} modules but {len(input_shapes)} input shapes")
     import torch
@@ -143,12 +151,14 @@ def measure_modules(models: Sequence, input_shapes: Sequence[tuple[int, int, int
     torch.set_num_threads(threads)
     try:
         runners = []
-        for i, (model, shape) in enumerate(zip(models, input_shapes)):
+        n_runs = len(models) * instances
+        for i in range(n_runs):
+            model, shape = models[i % len(models)], input_shapes[i % len(models)]
             runners.append(_Runner(model, tuple(shape), runtime, threads, device))
             for _ in range(warmup):
                 runners[-1].run()
             if progress:
-                progress(i + 1, len(models) * (rounds + 1))
+                progress(i + 1, n_runs * (rounds + 1))
         for rd in range(rounds):
             for i, r in enumerate(runners):
                 for _ in range(turn_warmup):
@@ -161,8 +171,9 @@ def measure_modules(models: Sequence, input_shapes: Sequence[tuple[int, int, int
                 r.ms.extend(runs)
                 r.round_min.append(min(runs))
                 if progress:
-                    progress(len(models) * (rd + 1) + i + 1, len(models) * (rounds + 1))
-        return robust_latency(np.array([r.round_min for r in runners]))
+                    progress(n_runs * (rd + 1) + i + 1, n_runs * (rounds + 1))
+        per_session = robust_latency(np.array([r.round_min for r in runners]))
+        return per_session.reshape(instances, len(models)).mean(axis=0)
     finally:
         torch.set_num_threads(old_threads)
 
@@ -210,7 +221,7 @@ def fit_measured_profile(space: SpaceSpec, name: str = "cpu", device: str = "cpu
                          threads: int = 1, n_fit: int = 100, n_test: int = 20, seed: int = 0,
                          warmup: int = 5, repeats: int = 2, rounds: int = 30,
                          progress: Callable[[int, int], None] | None = None, clock_name: str = "auto",
-                         turn_warmup: int = 3) -> Profile:
+                         turn_warmup: int = 3, instances: int = 1) -> Profile:
     """Measure `n_fit + n_test` random subnets (interleaved), fit on the first, report error on the rest."""
     if n_fit < 20 or n_test < 3:
         raise OFAError(f"profiling needs at least 20 fitting and 3 test networks, got {n_fit} and {n_test}")
@@ -218,7 +229,8 @@ def fit_measured_profile(space: SpaceSpec, name: str = "cpu", device: str = "cpu
     archs = [space.sample(rng) for _ in range(n_fit + n_test)]
     archs[0], archs[1] = space.largest(), space.smallest()  # span the range in the fitting set
     nets = [space.net_spec(a) for a in archs]
-    ms = measure_nets(nets, runtime, threads, device, warmup, repeats, rounds, progress, clock_name, turn_warmup)
+    ms = measure_nets(nets, runtime, threads, device, warmup, repeats, rounds, progress, clock_name, turn_warmup,
+                      instances)
     clock_used = "thread CPU time" if pick_clock(clock_name, threads, device) is time.thread_time else "wall time"
     F = np.stack([net_features(n) for n in nets])
     coef = fit_relative(F[:n_fit], ms[:n_fit])
@@ -234,9 +246,10 @@ def fit_measured_profile(space: SpaceSpec, name: str = "cpu", device: str = "cpu
         description=f"{device} ({platform.processor() or platform.machine()}), {runtime}, {threads} thread(s), "
                     f"batch 1: per-layer model fit on {n_fit} measured subnets of {space.name}",
         provenance=f"measured here with `ofa profile` on {time.strftime('%Y-%m-%d')} ({clock_used}): median over "
-                   f"{rounds} interleaved rounds of the fastest of {repeats} runs after {turn_warmup} untimed ones",
+                   f"{rounds} interleaved rounds of the fastest of {repeats} runs after {turn_warmup} untimed ones"
+                   + (f", mean of {instances} runtime sessions per network" if instances > 1 else ""),
         error={"summary": summary, "test": test_q, "fit": fit_q},
         extra={"runtime": runtime, "threads": threads, "device": device, "clock": clock_used, "n_fit": n_fit,
-               "n_test": n_test, "seed": seed, "measured_ms": [float(v) for v in ms],
+               "n_test": n_test, "seed": seed, "instances": instances, "measured_ms": [float(v) for v in ms],
                "archs": [a.to_dict() for a in archs]},
     )

@@ -93,3 +93,38 @@ def test_each_turn_is_warmed_so_interleaving_does_not_time_cold_runs(monkeypatch
     warm = measure_modules(models, shapes, warmup=1, repeats=1, rounds=3, clock_name="thread")
     assert np.all(cold > 5.5), cold
     assert np.all((warm > 2.9) & (warm < 4.0)), warm
+
+
+def test_instances_time_separate_sessions_of_each_network_and_average_them(monkeypatch):
+    """Two sessions of the same network can differ persistently (buffer placement); `instances=2` builds two
+    per network, times both in the same rounds and returns their mean, in the networks' order."""
+    import time
+
+    import predictors.measure as measure
+
+    built: list[int] = []
+    # session speed per (network, instance): network i takes 2 + i ms, its second session 1 ms more
+
+    class SessionOf:
+        def __init__(self, model, input_shape, runtime, threads, device):
+            self.ms, self.round_min = [], []
+            self.cost = 2.0 + model + built.count(model)
+            built.append(model)
+
+        def run(self):
+            end = time.thread_time() + self.cost / 1e3
+            while time.thread_time() < end:
+                pass
+
+    monkeypatch.setattr(measure, "_Runner", SessionOf)
+    one = measure_modules([0, 1, 2], [(3, 8, 8)] * 3, warmup=0, repeats=1, rounds=2, clock_name="thread",
+                          turn_warmup=0)
+    assert len(built) == 3
+    built.clear()
+    two = measure_modules([0, 1, 2], [(3, 8, 8)] * 3, warmup=0, repeats=1, rounds=2, clock_name="thread",
+                          turn_warmup=0, instances=2)
+    assert sorted(built) == [0, 0, 1, 1, 2, 2]
+    np.testing.assert_allclose(one, [2.0, 3.0, 4.0], rtol=0.15)
+    np.testing.assert_allclose(two, [2.5, 3.5, 4.5], rtol=0.15)
+    with pytest.raises(OFAError, match="instances"):
+        measure_modules([0], [(3, 8, 8)], instances=0)

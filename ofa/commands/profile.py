@@ -23,6 +23,8 @@ def profile(
     n_test: int = typer.Option(20, "--test", help="Fresh subnets measured to report the error."),
     repeats: int = typer.Option(2, "--repeats", help="Timed runs per network per round."),
     rounds: int = typer.Option(30, "--rounds", help="Interleaved rounds over all networks."),
+    instances: int = typer.Option(1, "--instances", help="Runtime sessions per network, averaged (2 cut the "
+                                                         "session-to-session noise of sub-ms networks by a third; 2x the time)."),
     seed: int = typer.Option(0, "--seed"),
     clock: str = typer.Option("auto", "--clock", help="auto | wall | thread (thread CPU time: 1 CPU thread only)."),
     as_json: bool = typer.Option(False, "--json", help="Print the error report as JSON."),
@@ -30,7 +32,7 @@ def profile(
     """Time sampled subnets on this machine, fit a latency profile, report its error on fresh subnets, save it."""
     if device not in ("cpu", "cuda"):
         raise OFAError(f"can only profile 'cpu' or 'cuda' here, got '{device}'")
-    for opt, value in (("--repeats", repeats), ("--rounds", rounds)):
+    for opt, value in (("--repeats", repeats), ("--rounds", rounds), ("--instances", instances)):
         if value < 1:
             raise OFAError(f"{opt} must be >= 1, got {value}")
     sp = get_space(space)
@@ -40,6 +42,7 @@ def profile(
         task = bar.add_task(f"timing {n_fit + n_test} subnets of {space}", total=1)
         prof = fit_measured_profile(sp, name=name or device, device=device, runtime=runtime, threads=threads,
                                     n_fit=n_fit, n_test=n_test, seed=seed, repeats=repeats, rounds=rounds, clock_name=clock,
+                                    instances=instances,
                                     progress=lambda i, n: bar.update(task, completed=i / n))
     path = save_user_profile(prof)
     if as_json:
