@@ -216,6 +216,10 @@ def main() -> None:
 
     # ---- (b1) timm baselines: train (cached), then measure side by side later
     settings = train_settings(rd)
+    if settings["source"] != "train_state.pt":   # the timm nets would not train like the supernet did: say so
+        print(f"WARNING: {rd.path} has no readable train_state.pt; timm nets train with bench defaults "
+              f"({settings['source']})", flush=True)
+    print(f"  timm training settings: {settings}", flush=True)
     if args.subset:
         from ofa.data import subset
 

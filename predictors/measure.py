@@ -103,7 +103,8 @@ def _check_settings(runtime: str, threads: int, device: str, clock_name: str, wa
     if not isinstance(threads, int) or threads < 1:
         raise OFAError(f"--threads must be a positive integer, got {threads!r}")
     if repeats < 1 or rounds < 1 or warmup < 0 or turn_warmup < 0:
-        raise OFAError(f"measuring needs repeats >= 1 and rounds >= 1, got {repeats} and {rounds}")
+        raise OFAError(f"measuring needs repeats >= 1, rounds >= 1 and warm-up runs >= 0, got repeats {repeats}, "
+                       f"rounds {rounds}, warmup {warmup}, turn_warmup {turn_warmup}")
     if not isinstance(instances, int) or instances < 1:
         raise OFAError(f"--instances must be a positive integer, got {instances!r}")
     if clock_name not in CLOCKS:
@@ -115,6 +116,7 @@ def measure_nets(nets: Sequence[NetSpec], runtime: str = "onnxruntime", threads:
                  progress: Callable[[int, int], None] | None = None, clock_name: str = "auto",
                  turn_warmup: int = 3, instances: int = 1) -> np.ndarray:
     """Batch-1 latency (ms) of each network of `nets` (see `measure_modules`; weights are random)."""
+    # checked here too so that bad settings fail before a hundred networks are built
     _check_settings(runtime, threads, device, clock_name, warmup, repeats, rounds, turn_warmup, instances)
     return measure_modules([build_module(n) for n in nets], [(n.in_channels, n.resolution, n.resolution) for n in nets],
                            runtime, threads, device, warmup, repeats, rounds, progress, clock_name, turn_warmup,

@@ -155,13 +155,12 @@ def test_supernet_search_meets_budget_and_keeps_supernet(space, predictor, super
     assert info["latency"] <= budget
     assert info["feasible_by"].split(";")[0] == "search" or info["feasible_by"].startswith(("strengthened", "greedy"))
     # what the argmax left of the budget is spent: no single change to a costlier choice still fits
-    alphas_idx = [space.ks_choices.index(k) for k in arch.ks] + [space.e_choices.index(e) for e in arch.e]
-    costlier = []
-    for i, j in enumerate(alphas_idx):
+    costlier = []   # latencies of every arch one kernel or expand change away that costs more
+    for i in range(2 * space.n_blocks):
         choices = space.ks_choices if i < space.n_blocks else space.e_choices
-        for alt in range(len(choices)):
+        for choice in choices:
             ks, es = list(arch.ks), list(arch.e)
-            (ks if i < space.n_blocks else es)[i % space.n_blocks] = choices[alt]
+            (ks if i < space.n_blocks else es)[i % space.n_blocks] = choice
             cand = Arch(tuple(ks), tuple(es), arch.d, arch.r)
             lat = float(predictor.predict([cand])[0])
             if lat > info["latency"] + 1e-9:

@@ -335,6 +335,7 @@ def _train_stage(stage: str, cfg: TrainConfig, run: RunDir, space: SpaceSpec, bu
             resumed_sums = state.get("epoch_sums")
         n_sub = cfg.subnets_per_step(stage)
         sandwich = bool(cfg.resolved("sandwich")) and n_sub > 1   # (a schedule's default needs 2 subnets a step)
+        augment = bool(cfg.resolved("augment"))
         sampler = DistributedSampler(bundle.train, num_replicas=info.world, rank=info.rank, shuffle=True,
                                      seed=derive_seed(cfg.seed, "data", stage_idx, phase.index) % (2 ** 31),
                                      drop_last=True)
@@ -370,7 +371,7 @@ def _train_stage(stage: str, cfg: TrainConfig, run: RunDir, space: SpaceSpec, bu
                 rng = random.Random(derive_seed(*key, "archs"))
                 res = rng.choice(space.resolutions)
                 archs = sample_step_archs(space, phase, rng, n_sub, sandwich, res)
-                if cfg.resolved("augment"):
+                if augment:
                     gen = torch.Generator().manual_seed(derive_seed(*key, "augment"))
                     x = augment_batch(x, gen, bundle.flip, rank=info.rank, world=info.world)
                 x = prepare_batch(x, res, bundle.mean, bundle.std).to(device, non_blocking=True)
