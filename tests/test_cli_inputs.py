@@ -91,7 +91,8 @@ def test_unknown_stage_names(stage, tmp_path, capsys):
 # (command, option, smallest allowed value); every other required option is valid
 NUMERIC = [
     ("train", "--epochs", 1), ("train", "--full-epochs", 1), ("train", "--batch-size", 1), ("train", "--save-every", 1),
-    ("train", "--n-subnets", 1), ("train", "--max-steps", 1), ("train", "--threads", 1), ("train", "--subset", 1),
+    ("train", "--n-subnets", 1), ("train", "--max-steps", 1), ("train", "--elastic-max-steps", 1), ("train", "--threads", 1),
+    ("train", "--subset", 1),
     ("train", "--eval-size", 1), ("train", "--workers", 0), ("train", "--eval-subnets", 0),
     ("fit-predictor", "--samples", 1), ("fit-predictor", "--folds", 2), ("fit-predictor", "--calib-images", 0),
     ("fit-predictor", "--limit", 1), ("fit-predictor", "--threads", 1),
@@ -137,3 +138,12 @@ def test_paths_that_do_not_exist_or_are_not_directories(sub, tmp_path, capsys):
         _fails_cleanly(["fit-predictor", "--run", str(run)], capsys, tmp_path)
         _fails_cleanly(["specialize", "--run", str(run), "--device", "pixel1", "--latency", "5ms"], capsys, tmp_path)
     assert not (tmp_path / "missing").exists()
+
+
+@SETTINGS
+@given(source=st.text(alphabet=st.characters(whitelist_categories=("L", "N")), min_size=1, max_size=8)
+       .filter(lambda s: s not in ("train", "test")))
+def test_unknown_validation_sources(source, tmp_path, capsys):
+    run = tmp_path / "run"
+    line = _fails_cleanly(["train", "--run", str(run), "--data", "digits", "--val-from", source], capsys, tmp_path)
+    assert f"unknown validation source '{source}'; allowed: train, test" in line and not run.exists()

@@ -33,6 +33,29 @@ def test_digits_splits_are_disjoint_seeded_and_rebuildable():
     assert torch.equal(other.test.images, b.test.images)  # the test split never depends on the split seed
 
 
+def test_val_from_test_is_a_disjoint_half_of_the_test_split_and_rebuildable():
+    plain = get_data("digits")
+    b = get_data("digits", val_from="test")
+    assert len(b.train) == len(plain.train) + len(plain.val)  # no training image is held out
+    assert len(b.val) + len(b.test) == len(plain.test) and abs(len(b.val) - len(b.test)) <= 1
+    whole = {bytes(plain.test.images[i].numpy()): i for i in range(len(plain.test))}
+    val_ids = {whole[bytes(b.val.images[i].numpy())] for i in range(len(b.val))}
+    test_ids = {whole[bytes(b.test.images[i].numpy())] for i in range(len(b.test))}
+    assert not val_ids & test_ids and len(val_ids | test_ids) == len(plain.test)   # disjoint, covering
+    assert b.config["val_from"] == "test" and "val_from" not in plain.config       # old configs unchanged
+    again = data_from_config(b.config)
+    assert torch.equal(again.val.images, b.val.images) and torch.equal(again.test.images, b.test.images)
+    other = get_data("digits", val_from="test", split_seed=1)
+    assert not torch.equal(other.val.images, b.val.images)
+    assert "val (from test)" in b.summary()
+    capped = get_data("digits", val_from="test", val_size=100, eval_size=60)
+    assert (len(capped.val), len(capped.test)) == (60, 60)
+    with pytest.raises(OFAError, match="unknown validation source 'dev'; allowed: train, test"):
+        get_data("digits", val_from="dev")
+    with pytest.raises(OFAError, match="val_size 359 must leave images for both splits of 359 test images"):
+        get_data("digits", val_from="test", val_size=359)
+
+
 def test_subset_and_eval_size_and_loader_resolution():
     b = get_data("digits", subset_size=100, eval_size=50)
     assert len(b.train) == 100 and len(b.val) == 50 and len(b.test) == 50

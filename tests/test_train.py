@@ -61,6 +61,14 @@ def test_stage_schedule_follows_ofa():
         TrainConfig(run="x", schedule="slow")
     with pytest.raises(OFAError, match="--sandwich needs --n-subnets >= 2"):
         TrainConfig(run="x", sandwich=True, n_subnets=1)
+    quick = TrainConfig(run="x", schedule="quick")  # step caps: the elastic stages only, unless --max-steps
+    assert (quick.max_steps_for("full"), quick.max_steps_for("kernel")) == (None, 170)
+    assert TrainConfig(run="x", schedule="quick", dataset="digits").max_steps_for("expand") is None
+    mine = TrainConfig(run="x", schedule="quick", elastic_max_steps=185)
+    assert (mine.max_steps_for("full"), mine.max_steps_for("depth")) == (None, 185)
+    assert TrainConfig(run="x", elastic_max_steps=9, max_steps=3).max_steps_for("expand") == 3
+    with pytest.raises(OFAError, match="--elastic-max-steps must be >= 1, got 0"):
+        TrainConfig(run="x", elastic_max_steps=0)
 
 
 def test_run_dir_contents_and_history(full_run):

@@ -39,7 +39,12 @@ def train_cmd(
     kd_ratio: float = typer.Option(1.0, "--kd-ratio", help="Distillation weight (teacher: the full stage)."),
     subset: Optional[int] = typer.Option(None, "--subset", help="Train on this many (seeded) training images."),
     eval_size: Optional[int] = typer.Option(None, "--eval-size", help="Cap val/test images."),
+    val_from: str = typer.Option("train", "--val-from",
+                                 help="train | test: carve the validation split from the training set, or from the "
+                                      "test set (a dev set drawn like the test images; test keeps the disjoint rest)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="At most this many steps per epoch."),
+    elastic_max_steps: Optional[int] = typer.Option(
+        None, "--elastic-max-steps", help="At most this many steps per epoch of the elastic stages (quick: 170)."),
     save_every: int = typer.Option(100, "--save-every", help="Checkpoint every K steps."),
     eval_subnets: Optional[int] = typer.Option(None, "--eval-subnets", help="Random subnets evaluated at stage ends."),
     eval_split: str = typer.Option("val", "--eval-split", help="val | test for stage-end evaluations."),
@@ -70,6 +75,8 @@ def train_cmd(
         data_cfg["subset_size"] = subset
     if eval_size is not None:
         data_cfg["eval_size"] = eval_size
+    if val_from != "train":
+        data_cfg["val_from"] = val_from
     if data is None and len(data_cfg) == 1:
         data_cfg = {}
     res_list = None
@@ -84,7 +91,8 @@ def train_cmd(
         run=str(run), stage=stage, space=space, resolutions=res_list, data=data_cfg, schedule=schedule, epochs=epochs,
         full_epochs=full_epochs, batch_size=batch_size, lr=lr, opt=opt, weight_decay=weight_decay,
         warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, seed=seed, n_subnets=n_subnets,
-        sandwich=sandwich, kd_ratio=kd_ratio, max_steps=max_steps, save_every=save_every,
+        sandwich=sandwich, kd_ratio=kd_ratio, max_steps=max_steps, elastic_max_steps=elastic_max_steps,
+        save_every=save_every,
         eval_subnets=eval_subnets, eval_split=eval_split, stage_eval=not no_stage_eval, augment=augment,
         bn_mode=bn_mode, dropout=dropout,
         device=device, threads=threads, workers=workers, overwrite=overwrite, progress=not no_progress,
