@@ -62,7 +62,7 @@ def test_stage_schedule_follows_ofa():
     with pytest.raises(OFAError, match="--sandwich needs --n-subnets >= 2"):
         TrainConfig(run="x", sandwich=True, n_subnets=1)
     quick = TrainConfig(run="x", schedule="quick")  # step caps: the elastic stages only, unless --max-steps
-    assert (quick.max_steps_for("full"), quick.max_steps_for("kernel")) == (None, 170)
+    assert (quick.max_steps_for("full"), quick.max_steps_for("kernel")) == (None, 140)
     assert TrainConfig(run="x", schedule="quick", dataset="digits").max_steps_for("expand") is None
     mine = TrainConfig(run="x", schedule="quick", elastic_max_steps=185)
     assert (mine.max_steps_for("full"), mine.max_steps_for("depth")) == (None, 185)

@@ -44,7 +44,7 @@ def train_cmd(
                                       "test set (a dev set drawn like the test images; test keeps the disjoint rest)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="At most this many steps per epoch."),
     elastic_max_steps: Optional[int] = typer.Option(
-        None, "--elastic-max-steps", help="At most this many steps per epoch of the elastic stages (quick: 170)."),
+        None, "--elastic-max-steps", help="At most this many steps per epoch of the elastic stages (quick: 140)."),
     save_every: int = typer.Option(100, "--save-every", help="Checkpoint every K steps."),
     eval_subnets: Optional[int] = typer.Option(None, "--eval-subnets", help="Random subnets evaluated at stage ends."),
     eval_split: str = typer.Option("val", "--eval-split", help="val | test for stage-end evaluations."),
