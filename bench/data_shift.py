@@ -53,8 +53,8 @@ def main() -> None:
             model.fit(ztr, ytr)
             va, te = float(model.score(zva, yva)), float(model.score(zte, yte))
             rows.append({"split_seed": seed, "model": name, "val": va, "test": te, "gap_points": 100 * (te - va)})
-            print(f"seed {seed} {name:24s} val {va:.2%} ({len(yva)} images, from {args.val_from})  test {te:.2%} ({len(yte)})  "
-                  f"test - val {100 * (te - va):+.2f} points", flush=True)
+            print(f"seed {seed} {name:24s} val {va:.2%} ({len(yva)} images, from {args.val_from})  "
+                  f"test {te:.2%} ({len(yte)})  test - val {100 * (te - va):+.2f} points", flush=True)
     gaps = np.array([r["gap_points"] for r in rows])
     summary = {"data": args.data, "seeds": args.seeds, "val_from": args.val_from, "mean_gap_points": float(gaps.mean()),
                "min_gap_points": float(gaps.min()), "max_gap_points": float(gaps.max()),

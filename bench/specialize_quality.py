@@ -245,7 +245,7 @@ def main() -> None:
 
     timm_rows: dict[str, dict[str, Any]] = {}
     timm_models: dict[str, torch.nn.Module] = {}
-    timm_calib = calibration_batches(bundle, resolution, calib, seed=0)   # the images our nets recalibrate on
+    timm_calib = calibration_batches(bundle, resolution, calib, seed=args.seed)   # the images ours recalibrate on
     seeds = [args.seed + i for i in range(1 if quick else args.timm_seeds)]
     for name in models:
         runs = []
@@ -302,7 +302,7 @@ def main() -> None:
 
     # ---- (a) predictor vs. reality on random subnets (+ the specialized ones)
     from elastic.bn_calibration import recalibrate_bn
-    from ofa.training.evaluate import accuracy, calibration_batches
+    from ofa.training.evaluate import accuracy
 
     from ofa.accuracy_data import dataset_paths, plan_subnets, read_dataset
 
@@ -311,18 +311,19 @@ def main() -> None:
     plan = plan_subnets(space, 4 * n_archs + len(fitted_on) + 8, seed=args.seed + 7919)   # size-spread draws
     archs = [a for a in plan if a not in fitted_on][:n_archs]    # held out: none the predictor was fitted on
     supernet = rd.load_supernet()
-    calib_cache: dict[int, list] = {}
+    calib_cache: dict[int, list] = {resolution: timm_calib}   # same images, drawn once per resolution
     points = [{"arch": a.to_dict(), "kind": "random"} for a in archs]
     points += [{"arch": s.arch.to_dict(), "kind": f"specialized@{b:g}ms"} for b, s in specs.items()
                if not isinstance(s, Exception)]
     for i, p in enumerate(points):
         a = Arch.from_dict(p["arch"])
-        key = json.dumps(["arch+val", sn_hash, a.to_dict(), calib, bundle.config], sort_keys=True, default=str)
+        key = json.dumps(["arch+val", sn_hash, a.to_dict(), calib, args.seed, bundle.config], sort_keys=True,
+                         default=str)
         got = cache.get(key)
         if got is None:
             net = supernet.extract(a)
             if a.r not in calib_cache:
-                calib_cache[a.r] = calibration_batches(bundle, a.r, calib, seed=0)
+                calib_cache[a.r] = calibration_batches(bundle, a.r, calib, seed=args.seed)
             recalibrate_bn(net, calib_cache[a.r])
             got = {"test": accuracy(net, bundle, "test", a.r), "val": accuracy(net, bundle, "val", a.r)}
             cache.put(key, got)

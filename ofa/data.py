@@ -368,9 +368,8 @@ def get_data(name: str | None = None, *, root: str | Path | None = None, val_siz
         config["val_from"] = val_from
     bundle = DataBundle(name=canonical if key != "folder" else Path(canonical).name, train=subset(train, train_idx),
                         val=subset(source_split, val_idx),
-                        test=test if len(test_idx) == len(test) else subset(test, test_idx),
-                        n_classes=n_classes, native_res=res, mean=mean,
-                        std=std, flip=flip, config=config, source=source, classes=classes)
+                        test=subset(test, test_idx), n_classes=n_classes, native_res=res, mean=mean, std=std,
+                        flip=flip, config=config, source=source, classes=classes)
     bundle.note = note  # type: ignore[attr-defined]
     return bundle
 

@@ -43,7 +43,7 @@ def test_two_process_ddp_equals_one_process(tmp_path):
     stage = dict(stage="kernel", epochs=1, max_steps=2, bn_mode="frozen", dropout=0.0, n_subnets=2)
     train(TrainConfig(run=str(one), **stage, **COMMON), log=lambda m: None)
 
-    for attempt in range(3):  # the free port can be taken by another process before torchrun binds it: retry
+    for _ in range(3):  # the free port can be taken by another process before torchrun binds it: retry
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
                "--master_port", str(_free_port()), "-m", "ofa", "train", "--run-dir", str(two), "--stage", "kernel",
                "--epochs", "1", "--max-steps", "2", "--bn-mode", "frozen", "--dropout", "0", "--n-subnets", "2",

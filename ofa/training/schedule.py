@@ -204,7 +204,7 @@ class TrainConfig:
         return self.default("lr") * self.resolved("batch_size") / 256
 
     def max_steps_for(self, stage: str) -> int | None:
-        """Cap on steps per epoch: --max-steps, else for the elastic stages --elastic-steps or the schedule's cap."""
+        """Cap on steps per epoch: --max-steps, else for the elastic stages --elastic-max-steps or the schedule's cap."""
         if self.max_steps is not None:
             return self.max_steps
         return None if stage == "full" else self.resolved("elastic_max_steps")
