@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--full-epochs", type=int, default=None)
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--eval-only", action="store_true", help="skip training; evaluate the run's latest weights")
+    ap.add_argument("--out", default=None, help="result file name in bench/results (default: train_quality_<schedule>.json)")
     args = ap.parse_args()
 
     run = Path(args.run or f"checkpoints/bench-{args.schedule}")
@@ -74,7 +75,7 @@ def main() -> None:
         "targets": targets, "meets_targets": all(accs[k] >= v for k, v in targets.items()),
         "history": rd.history(),
     }
-    out = Path(__file__).resolve().parent / "results" / f"train_quality_{args.schedule}.json"
+    out = Path(__file__).resolve().parent / "results" / (args.out or f"train_quality_{args.schedule}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{args.schedule}: trained in {train_s / 60:.1f} min; test accuracy " +

@@ -4,10 +4,11 @@ A `SpaceSpec` says what the supernet looks like (stem, the fixed first block, el
 values each elastic dimension may take. It validates archs, samples/mutates/crosses them, and turns an arch
 into a `NetSpec` (the static network that arch denotes).
 
-Spaces: `mbv3-w1.0`, `mbv3-w1.2` (OFA-MobileNetV3), `proxyless-w1.3` (OFA-ProxylessNAS), and their
-small-input variants `*-small` for 28-32 px data (the last stride-2 stage keeps its resolution: one stride-2
-layer fewer, so a 32 px input ends at 2x2 like a 64 px one would; chosen over an unstrided stem, which costs
-2.5x the MACs for the same depth of downsampling).
+Spaces: `mbv3-w1.0`, `mbv3-w1.2` (OFA-MobileNetV3), `proxyless-w1.3` (OFA-ProxylessNAS), their
+small-input variants `*-small` for 28-32 px data, and `mbv3-w0.5-small` (half width, for the tightest budgets).
+The small-input variants keep the last stride-2 stage's resolution: one stride-2 layer fewer, so a 32 px input
+ends at 2x2 like a 64 px one would (chosen over an unstrided stem, which costs 2.5x the MACs for the same depth
+of downsampling).
 """
 from __future__ import annotations
 
@@ -251,16 +252,18 @@ def space_from_dict(data: Any) -> SpaceSpec:
 
 # ---------------------------------------------------------------------------------------------------
 # OFA-MobileNetV3: base widths 16 | 16 | 24 40 80 112 160 | 960 | 1280, strides 2 | 1 | 2 2 2 1 2.
-def _mbv3(name: str, width: float, n_classes: int, small: bool) -> SpaceSpec:
+def _mbv3(name: str, width: float, n_classes: int, small: bool, feature_mix: int | None = None) -> SpaceSpec:
     base = [16, 16, 24, 40, 80, 112, 160, 960, 1280]
     w = [make_divisible(c * width, 8) for c in base[:-1]]
+    if feature_mix is None:   # OFA's rule: 1280, widened with the width above 1.0
+        feature_mix = make_divisible(base[8] * width, 8) if width > 1.0 else base[8]
     return SpaceSpec(
         name=name, family="mbv3", width_mult=width,
         stem_channels=w[0], stem_stride=2, first_block_channels=w[1],
         stage_widths=tuple(w[2:7]), stage_strides=(2, 2, 2, 1, 1) if small else (2, 2, 2, 1, 2),
         stage_acts=("relu", "relu", "h_swish", "h_swish", "h_swish"),
         stage_se=(False, True, False, True, True), stage_max_depth=(4, 4, 4, 4, 4),
-        final_expand_channels=w[7], feature_mix_channels=make_divisible(base[8] * width, 8) if width > 1.0 else base[8],
+        final_expand_channels=w[7], feature_mix_channels=feature_mix,
         head_act="h_swish", first_act="h_swish", first_block_act="relu", mix_after_pool=True, bn_eps=1e-5,
         resolutions=(24, 28, 32) if small else (128, 144, 160, 176, 192, 208, 224),
         n_classes=n_classes,
@@ -301,6 +304,16 @@ def proxyless_w13(n_classes: int = 1000) -> SpaceSpec:
 @register_space("mbv3-w1.0-small")
 def mbv3_w10_small(n_classes: int = 10) -> SpaceSpec:
     return _mbv3("mbv3-w1.0-small", 1.0, n_classes, small=True)
+
+
+@register_space("mbv3-w0.5-small")
+def mbv3_w05_small(n_classes: int = 10) -> SpaceSpec:
+    """Half-width OFA-MobileNetV3 for 28-32 px data, for the smallest devices and budgets. Every width is halved,
+    the 1x1 head too (final expand 480, feature mix 512 = MobileNetV3-Small's 1024 halved): with OFA's 1280-wide
+    mix the head alone would hold 0.3M of the smallest subnet's 0.8M weights and set a latency floor (measured
+    with ONNX Runtime on one CPU thread: smallest subnet 0.105 ms with a 1280 mix, 0.088 ms with 512; timm's
+    mobilenetv3_small_050 at 32 px: 0.088 ms). Its subnets span 0.09-0.24 ms there (mbv3-w1.0-small: 0.16-0.77)."""
+    return _mbv3("mbv3-w0.5-small", 0.5, n_classes, small=True, feature_mix=512)
 
 
 @register_space("mbv3-w1.2-small")

@@ -83,3 +83,12 @@ def test_summary_lists_only_active_blocks_stage_by_stage():
     p = Arch(ks=(5,) * 20 + (7,), e=(6,) * 20 + (3,), d=(2, 2, 2, 2, 2, 1), r=224)  # ProxylessNAS: last stage 1
     assert p.summary() == "r224 d2.2.2.2.2.1 k55.55.55.55.55.7 e66.66.66.66.66.3"
     assert p.summary(get_space("proxyless-w1.3").stage_max_depth) == p.summary()
+
+
+def test_half_width_small_space_halves_every_width_and_head():
+    half, full = get_space("mbv3-w0.5-small"), get_space("mbv3-w1.0-small")
+    assert half.stage_widths == (16, 24, 40, 56, 80) and half.stage_strides == full.stage_strides
+    assert (half.final_expand_channels, half.feature_mix_channels) == (480, 512)
+    assert (full.final_expand_channels, full.feature_mix_channels) == (960, 1280)   # OFA's head, unchanged
+    for arch in (half.smallest(28), half.largest(28)):
+        assert net_macs(half.net_spec(arch)) < 0.4 * net_macs(full.net_spec(arch))

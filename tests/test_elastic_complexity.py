@@ -14,7 +14,7 @@ from elastic import Arch, OFAError, get_space, net_macs, net_params
 from elastic.complexity import macs, params
 from elastic.static_net import StaticNet
 
-SPACES = ["mbv3-w1.0", "mbv3-w1.2", "proxyless-w1.3", "mbv3-w1.0-small", "proxyless-w1.3-small"]
+SPACES = ["mbv3-w1.0", "mbv3-w1.2", "proxyless-w1.3", "mbv3-w1.0-small", "mbv3-w0.5-small", "proxyless-w1.3-small"]
 
 
 @pytest.mark.parametrize("name", SPACES)

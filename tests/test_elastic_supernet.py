@@ -16,7 +16,7 @@ from elastic.static_net import StaticNet
 from elastic.supernet import Supernet
 from nontrivial_state import randomize
 
-ALL_SPACES = ["mbv3-w1.0-small", "mbv3-w1.2-small", "proxyless-w1.3-small", "mbv3-w1.0", "mbv3-w1.2",
+ALL_SPACES = ["mbv3-w1.0-small", "mbv3-w0.5-small", "mbv3-w1.2-small", "proxyless-w1.3-small", "mbv3-w1.0", "mbv3-w1.2",
               "proxyless-w1.3"]
 
 

@@ -69,6 +69,29 @@ def test_stage_schedule_follows_ofa():
     assert TrainConfig(run="x", elastic_max_steps=9, max_steps=3).max_steps_for("expand") == 3
     with pytest.raises(OFAError, match="--elastic-max-steps must be >= 1, got 0"):
         TrainConfig(run="x", elastic_max_steps=0)
+    ofa_rates = TrainConfig(run="x", schedule="quick", elastic_lr_scale=1)   # the scale acts on elastic phases only
+    assert quick.lr_for(full) == ofa_rates.lr_for(full) == 0.1
+    assert [round(quick.lr_for(p), 6) for p in depth] == [round(3 * ofa_rates.lr_for(p), 6) for p in depth] \
+        == [0.024, 0.075]                                                    # quick: 3x OFA's factors by default
+    assert TrainConfig(run="x").lr_for(depth[1]) == 0.15 * 256 / 256 * 0.25   # full schedule: OFA's factors
+    old_state = {k: v for k, v in quick.to_dict().items() if k != "elastic_lr_scale"}   # saved before the option
+    assert TrainConfig.from_dict(old_state).lr_for(depth[1]) == ofa_rates.lr_for(depth[1])   # resumes at its rates
+    assert TrainConfig.from_dict(quick.to_dict()).lr_for(depth[1]) == quick.lr_for(depth[1])
+    for bad in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(OFAError, match="--elastic-lr-scale must be a positive number"):
+            TrainConfig(run="x", elastic_lr_scale=bad)
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.5])
+def test_elastic_lr_scale_sets_the_optimizers_rate(full_run, tmp_path, scale):
+    run = tmp_path / "run"
+    shutil.copytree(full_run, run)
+    msgs: list[str] = []
+    train(TrainConfig(run=str(run), stage="kernel", epochs=1, max_steps=1, elastic_lr_scale=scale, stage_eval=False,
+                      **TINY), log=msgs.append)
+    (line,) = [m for m in msgs if m.startswith("phase kernel:")]
+    base = 0.2 * TINY["batch_size"] / 256
+    assert f"lr {base * 0.3 * scale:.4g}," in line, line   # the optimizer is built with this rate
 
 
 def test_run_dir_contents_and_history(full_run):
@@ -182,3 +205,44 @@ def test_step_sampling_is_deterministic_restricted_and_sandwiched():
     other = sample_step_archs(sp, p1, random.Random(derive_seed(3, 2, 1, 0, 6, "archs")), 4, False, 28)
     assert other != a  # another step, other subnets
     assert [sample_step_archs(sp, stage_phases("full", sp)[0], random.Random(1), 3, False, 24)] == [[sp.largest(24)]]
+
+
+def test_inplace_distillation_teaches_with_the_steps_largest_subnet(full_run, tmp_path, monkeypatch):
+    import torch.nn.functional as F
+
+    import ofa.training.loop as loop
+
+    ce_inputs: list[torch.Tensor] = []
+    kd_calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+    real_ce, real_kd = F.cross_entropy, loop.soft_cross_entropy
+
+    def ce(out, y, **kw):
+        ce_inputs.append(out.detach().clone())
+        return real_ce(out, y, **kw)
+
+    def kd(out, teacher):
+        kd_calls.append((out.detach().clone(), teacher.clone()))
+        return real_kd(out, teacher)
+
+    monkeypatch.setattr(F, "cross_entropy", ce)
+    monkeypatch.setattr(loop, "soft_cross_entropy", kd)
+    run = tmp_path / "run"
+    shutil.copytree(full_run, run)
+    msgs: list[str] = []
+    train(TrainConfig(run=str(run), stage="kernel", epochs=1, max_steps=2, n_subnets=3, kd_teacher="inplace",
+                      stage_eval=False, **TINY), log=msgs.append)
+    assert any("distilling in place" in m for m in msgs) and not any("distilling from" in m for m in msgs)
+    assert len(ce_inputs) == 6 and len(kd_calls) == 4    # 2 steps x 3 subnets; the largest has no teacher
+    for step in range(2):
+        largest_out = ce_inputs[3 * step]
+        for j in (1, 2):
+            student, teacher = kd_calls[2 * step + j - 1]
+            assert torch.equal(teacher, largest_out)                 # the same step's largest subnet ...
+            assert torch.equal(student, ce_inputs[3 * step + j])     # ... teaches the other two
+            assert not torch.equal(student, teacher)
+    with pytest.raises(OFAError, match="unknown --kd-teacher 'big'; allowed: full, inplace"):
+        TrainConfig(run="x", kd_teacher="big")
+    with pytest.raises(OFAError, match="needs the sandwich rule"):
+        TrainConfig(run="x", schedule="quick", kd_teacher="inplace", sandwich=False)
+    with pytest.raises(OFAError, match="needs the sandwich rule"):
+        TrainConfig(run="x", kd_teacher="inplace")   # the full schedule has no sandwich by default

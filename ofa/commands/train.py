@@ -45,6 +45,12 @@ def train_cmd(
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="At most this many steps per epoch."),
     elastic_max_steps: Optional[int] = typer.Option(
         None, "--elastic-max-steps", help="At most this many steps per epoch of the elastic stages (quick: 140)."),
+    kd_teacher: str = typer.Option(
+        "full", "--kd-teacher", help="full | inplace: distil from the full stage's net (OFA) or from each step's "
+                                     "largest subnet (in-place, needs the sandwich rule)."),
+    elastic_lr_scale: Optional[float] = typer.Option(
+        None, "--elastic-lr-scale", help="Multiply OFA's learning-rate factors of the elastic phases (0.08-0.3 x the "
+                                         "full stage's rate; default: 3 in the quick schedule, 1 in the full one)."),
     save_every: int = typer.Option(100, "--save-every", help="Checkpoint every K steps."),
     eval_subnets: Optional[int] = typer.Option(None, "--eval-subnets", help="Random subnets evaluated at stage ends."),
     eval_split: str = typer.Option("val", "--eval-split", help="val | test for stage-end evaluations."),
@@ -92,7 +98,7 @@ def train_cmd(
         full_epochs=full_epochs, batch_size=batch_size, lr=lr, opt=opt, weight_decay=weight_decay,
         warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, seed=seed, n_subnets=n_subnets,
         sandwich=sandwich, kd_ratio=kd_ratio, max_steps=max_steps, elastic_max_steps=elastic_max_steps,
-        save_every=save_every,
+        elastic_lr_scale=elastic_lr_scale, kd_teacher=kd_teacher, save_every=save_every,
         eval_subnets=eval_subnets, eval_split=eval_split, stage_eval=not no_stage_eval, augment=augment,
         bn_mode=bn_mode, dropout=dropout,
         device=device, threads=threads, workers=workers, overwrite=overwrite, progress=not no_progress,

@@ -286,7 +286,9 @@ def _train_stage(stage: str, cfg: TrainConfig, run: RunDir, space: SpaceSpec, bu
     else:
         say(f"stage 'full': training the largest subnet of {space.name} from scratch")
     teacher = None
-    if stage != "full" and cfg.kd_ratio > 0:
+    if stage != "full" and cfg.kd_ratio > 0 and cfg.kd_teacher == "inplace":
+        say(f"stage '{stage}': distilling in place from each step's largest subnet (kd ratio {cfg.kd_ratio})")
+    elif stage != "full" and cfg.kd_ratio > 0:
         teacher = _build_model(space, cfg, device)
         run.load_into(teacher, "full", space)
         teacher.set_active(space.largest())
@@ -321,7 +323,7 @@ def _train_stage(stage: str, cfg: TrainConfig, run: RunDir, space: SpaceSpec, bu
             steps_per_epoch = min(steps_per_epoch, cfg.max_steps_for(stage))
         if steps_per_epoch < 1:
             raise OFAError(f"{n_train} training images are fewer than one batch of {batch}; lower --batch-size")
-        lr = cfg.base_lr() * phase.lr_factor
+        lr = cfg.lr_for(phase)
         optimizer = _make_optimizer(model, cfg, lr)
         scheduler = _make_scheduler(optimizer, cfg, lr, epochs * steps_per_epoch, steps_per_epoch)
         start_epoch, start_step = 0, 0
@@ -381,6 +383,7 @@ def _train_stage(stage: str, cfg: TrainConfig, run: RunDir, space: SpaceSpec, bu
                 if teacher is not None:
                     with torch.no_grad():
                         soft = teacher(x)
+                inplace_kd = stage != "full" and cfg.kd_ratio > 0 and cfg.kd_teacher == "inplace"
                 optimizer.zero_grad(set_to_none=True)
                 for i, arch in enumerate(archs):
                     model.set_active(arch)
@@ -391,6 +394,8 @@ def _train_stage(stage: str, cfg: TrainConfig, run: RunDir, space: SpaceSpec, bu
                         if soft is not None:
                             loss = loss + cfg.kd_ratio * soft_cross_entropy(out, soft)
                         loss.backward()
+                    if inplace_kd and i == 0:   # archs[0] is the largest (sandwich): the others' teacher
+                        soft = out.detach()
                     if i == 0:
                         n = len(y)
                         sums[0] += float(loss.detach()) * n
