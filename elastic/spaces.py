@@ -310,7 +310,8 @@ def mbv3_w10_small(n_classes: int = 10) -> SpaceSpec:
 def mbv3_w05_small(n_classes: int = 10) -> SpaceSpec:
     """Half-width OFA-MobileNetV3 for 28-32 px data, for the smallest devices and budgets. Every width is halved,
     the 1x1 head too (final expand 480, feature mix 512 = MobileNetV3-Small's 1024 halved): with OFA's 1280-wide
-    mix the head alone would hold 0.3M of the smallest subnet's 0.8M weights and set a latency floor (measured
+    mix the head alone would hold 0.67M of the smallest subnet's 0.87M weights (10 classes; 0.29M of 0.49M with
+    512) and set a latency floor (measured
     with ONNX Runtime on one CPU thread: smallest subnet 0.105 ms with a 1280 mix, 0.088 ms with 512; timm's
     mobilenetv3_small_050 at 32 px: 0.088 ms). Its subnets span 0.09-0.24 ms there (mbv3-w1.0-small: 0.16-0.77)."""
     return _mbv3("mbv3-w0.5-small", 0.5, n_classes, small=True, feature_mix=512)

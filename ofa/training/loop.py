@@ -286,7 +286,8 @@ def _train_stage(stage: str, cfg: TrainConfig, run: RunDir, space: SpaceSpec, bu
     else:
         say(f"stage 'full': training the largest subnet of {space.name} from scratch")
     teacher = None
-    if stage != "full" and cfg.kd_ratio > 0 and cfg.kd_teacher == "inplace":
+    inplace_kd = stage != "full" and cfg.kd_ratio > 0 and cfg.kd_teacher == "inplace"
+    if inplace_kd:
         say(f"stage '{stage}': distilling in place from each step's largest subnet (kd ratio {cfg.kd_ratio})")
     elif stage != "full" and cfg.kd_ratio > 0:
         teacher = _build_model(space, cfg, device)
@@ -383,7 +384,6 @@ def _train_stage(stage: str, cfg: TrainConfig, run: RunDir, space: SpaceSpec, bu
                 if teacher is not None:
                     with torch.no_grad():
                         soft = teacher(x)
-                inplace_kd = stage != "full" and cfg.kd_ratio > 0 and cfg.kd_teacher == "inplace"
                 optimizer.zero_grad(set_to_none=True)
                 for i, arch in enumerate(archs):
                     model.set_active(arch)
