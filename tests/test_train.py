@@ -83,15 +83,27 @@ def test_stage_schedule_follows_ofa():
 
 
 @pytest.mark.parametrize("scale", [1.0, 2.5])
-def test_elastic_lr_scale_sets_the_optimizers_rate(full_run, tmp_path, scale):
+def test_elastic_lr_scale_sets_the_optimizers_rate(full_run, tmp_path, scale, monkeypatch):
+    import ofa.training.loop as loop
+
+    built: list[float] = []
+    real = loop._make_optimizer
+
+    def make_optimizer(model, cfg, lr):
+        opt = real(model, cfg, lr)
+        built.append(opt.param_groups[0]["lr"])
+        return opt
+
+    monkeypatch.setattr(loop, "_make_optimizer", make_optimizer)
     run = tmp_path / "run"
     shutil.copytree(full_run, run)
     msgs: list[str] = []
     train(TrainConfig(run=str(run), stage="kernel", epochs=1, max_steps=1, elastic_lr_scale=scale, stage_eval=False,
                       **TINY), log=msgs.append)
-    (line,) = [m for m in msgs if m.startswith("phase kernel:")]
     base = 0.2 * TINY["batch_size"] / 256
-    assert f"lr {base * 0.3 * scale:.4g}," in line, line   # the optimizer is built with this rate
+    assert built == [pytest.approx(base * 0.3 * scale)]          # the optimizer is built with the scaled rate
+    (line,) = [m for m in msgs if m.startswith("phase kernel:")]
+    assert f"lr {base * 0.3 * scale:.4g}," in line, line
 
 
 def test_run_dir_contents_and_history(full_run):

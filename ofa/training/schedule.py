@@ -100,6 +100,11 @@ _DATASET_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
 KD_TEACHERS = ("full", "inplace")
 
 
+# What a run saved before an option existed was trained with, where that differs from the option's default now:
+# such a run resumes as it started (runs before --elastic-lr-scale used OFA's factors, 1x, in every schedule).
+_BEFORE_OPTION: dict[str, Any] = {"elastic_lr_scale": 1.0}
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run depends on (plain values: stored in train_state.pt for --resume)."""
@@ -201,10 +206,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
-        d = {k: v for k, v in d.items() if k in known}
-        if "elastic_lr_scale" not in d:   # saved before the option existed: trained at OFA's rates; resume alike
-            d["elastic_lr_scale"] = 1.0
-        return cls(**d)
+        return cls(**{**_BEFORE_OPTION, **{k: v for k, v in d.items() if k in known}})
 
     # ---- resolved values (defaults filled from the schedule) ------------------------------------------
     def default(self, name: str) -> Any:
