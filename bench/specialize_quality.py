@@ -23,6 +23,8 @@
 Without a `cpu` profile (`ofa profile --space <run space>`), one is fitted here for the run's space and saved to
 bench/results/cpu_profile_<space>.json (`--quick`: RUN/bench/, a rough one), reused on later runs. Results:
 bench/results/specialize_quality_<run directory name>.json (`--quick`: RUN/bench/specialize_quality_quick.json).
+`--timm-only --epochs N` trains and caches the timm baselines and stops: started after the run's first save, it
+runs beside the supernet's training on the other core (1 thread each), and the full bench then reads them.
 The specialized nets go to RUN/specialized/; finished timm trainings and subnet evaluations are cached in RUN/bench/specialize_quality_cache.json
 (keyed by the supernet's hash and the settings), so a re-run only does what changed.
 """
@@ -202,6 +204,9 @@ def main() -> None:
     ap.add_argument("--timm-seeds", type=int, default=2,
                     help="from-scratch trainings per timm net (seeds SEED, SEED+1, ...): compared by their mean")
     ap.add_argument("--no-cache", action="store_true")
+    ap.add_argument("--timm-only", action="store_true",
+                    help="train (and cache) the timm baselines, then stop: e.g. beside the supernet's training "
+                         "(needs --epochs while the run is unfinished); the full bench later reads them from the cache")
     ap.add_argument("--quick", action="store_true",
                     help="tiny settings (6 archs, 2 timm models, 1 epoch of <= 20 steps, 256 calibration images)")
     args = ap.parse_args()
@@ -211,7 +216,7 @@ def main() -> None:
     space = rd.load_space()
     from predictors.accuracy import AccuracyPredictor
 
-    pred = AccuracyPredictor.load(rd.path / "predictors")
+    pred = None if args.timm_only else AccuracyPredictor.load(rd.path / "predictors")
     bundle = rd.load_data()
     quick = args.quick
     n_archs = 6 if quick else args.archs
@@ -225,12 +230,18 @@ def main() -> None:
     rounds = 5 if quick else args.rounds
     RESULTS.mkdir(parents=True, exist_ok=True)
     cache = Cache(rd.path / "bench" / "specialize_quality_cache.json", enabled=not args.no_cache)
-    sn_hash = file_digest(rd.weights_file)[:16]
+    if args.timm_only and args.epochs is None:
+        raise SystemExit("--timm-only needs --epochs (the run may still be training: its epoch count is not final)")
+    sn_hash = "-" if args.timm_only else file_digest(rd.weights_file)[:16]
     t_start = time.time()
-    print(f"run {rd.path}: space {space.name}, data {bundle.name}, supernet {sn_hash}, predictor {pred.kind}")
+    print(f"run {rd.path}: space {space.name}, data {bundle.name}, supernet {sn_hash}, "
+          f"predictor {pred.kind if pred else '-'}")
 
     # ---- (b1) timm baselines: train (cached), then measure side by side later
     settings = train_settings(rd)
+    if settings["source"] != "train_state.pt" and args.timm_only:   # the later full bench would not find them
+        raise SystemExit(f"--timm-only: {rd.path} has no readable train_state.pt yet (start it after the run's "
+                         f"first save); the timm nets would train with bench defaults ({settings['source']})")
     if settings["source"] != "train_state.pt":   # the timm nets would not train like the supernet did: say so
         print(f"WARNING: {rd.path} has no readable train_state.pt; timm nets train with bench defaults "
               f"({settings['source']})", flush=True)
@@ -268,6 +279,9 @@ def main() -> None:
         timm_rows[name] = {"model": name, "test_accuracy": float(np.mean(accs)), "test_accuracy_min": min(accs),
                            "test_accuracy_max": max(accs), "seeds": runs, "epochs": epochs}
         timm_models[name] = timm.create_model(name, pretrained=False, num_classes=bundle.n_classes, in_chans=3)
+    if args.timm_only:
+        print(f"timm baselines trained and cached in {cache.path} ({time.time() - t_start:.0f} s)", flush=True)
+        return
 
     # ---- (b2) timm latency on this CPU, then specialize for the device at each timm latency
     device = cpu_profile(space, args.device, quick, 1, rd.path)

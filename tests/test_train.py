@@ -106,6 +106,42 @@ def test_elastic_lr_scale_sets_the_optimizers_rate(full_run, tmp_path, scale, mo
     assert f"lr {base * 0.3 * scale:.4g}," in line, line
 
 
+def test_phase_steps_set_each_phases_total():
+    from elastic.spaces import get_space
+    from ofa.training.schedule import parse_phase_steps
+
+    sp = get_space(SPACE)
+    cfg = TrainConfig(run="x", schedule="quick", dataset="fashion-mnist",
+                      phase_steps=parse_phase_steps("kernel=100, depth/1=50,expand/2=626"))
+    plan = {p.name: cfg.steps_plan(p, 60000) for st in ("full", "kernel", "depth", "expand") for p in stage_phases(st, sp)}
+    # 468 steps make an epoch at batch 128: 626 steps need two epochs of 313; unnamed phases keep the quick caps
+    assert plan == {"full": (2, 468), "kernel": (1, 100), "depth/1": (1, 50), "depth/2": (1, 140),
+                    "expand/1": (1, 140), "expand/2": (2, 313)}
+    assert TrainConfig(run="x", schedule="quick", phase_steps={"expand/2": 937}).steps_plan(
+        stage_phases("expand", sp)[1], 60000) == (3, 313)                  # 939: rounded up by < 1 step per epoch
+    assert TrainConfig(run="x", phase_steps={"full": 5}, max_steps=2).steps_plan(stage_phases("full", sp)[0], 96 * 16) \
+        == (1, 5)                                                          # a named total wins over the caps
+    assert TrainConfig.from_dict(cfg.to_dict()).phase_steps == cfg.phase_steps   # stored and resumed with the run
+    with pytest.raises(OFAError, match="unknown phase 'width'; allowed: full, kernel, depth/1, depth/2, expand/1"):
+        TrainConfig(run="x", phase_steps=parse_phase_steps("width=3"))
+    with pytest.raises(OFAError, match="depth/2 needs a whole number of steps >= 1, got 0"):
+        TrainConfig(run="x", phase_steps={"depth/2": 0})
+    for bad in ("kernel:3", "kernel=x", "kernel=1.5"):
+        with pytest.raises(OFAError, match="--phase-steps takes PHASE=STEPS pairs"):
+            parse_phase_steps(bad)
+
+
+def test_phase_steps_run_in_training(full_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(full_run, run)
+    for stage in ("kernel", "depth"):   # 96 images / batch 16 = 6 steps an epoch: 8 steps take 2 epochs of 4
+        train(TrainConfig(run=str(run), stage=stage, max_steps=1, phase_steps={"depth/2": 8}, stage_eval=False,
+                          **TINY), log=lambda m: None)
+    epochs = [(h["stage"], h["phase"], h["epoch"], h["epochs"], round(h["images_per_s"] * h["seconds"]))
+              for h in RunDir(run).history() if h["kind"] == "epoch" and h["stage"] == "depth"]
+    assert epochs == [("depth", 1, 1, 1, 16), ("depth", 2, 1, 2, 64), ("depth", 2, 2, 2, 64)]
+
+
 def test_run_dir_contents_and_history(full_run):
     run = RunDir(full_run)
     assert run.trained_stages() == ["full"]

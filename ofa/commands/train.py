@@ -45,6 +45,9 @@ def train_cmd(
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="At most this many steps per epoch."),
     elastic_max_steps: Optional[int] = typer.Option(
         None, "--elastic-max-steps", help="At most this many steps per epoch of the elastic stages (quick: 140)."),
+    phase_steps: Optional[str] = typer.Option(
+        None, "--phase-steps", help="Total steps of named phases, e.g. kernel=100,expand/2=626 (phases: full, "
+                                    "kernel, depth/1, depth/2, expand/1, expand/2); wins over the step caps."),
     kd_teacher: str = typer.Option(
         "full", "--kd-teacher", help="full | inplace: distil from the full stage's net (OFA) or from each step's "
                                      "largest subnet (in-place, needs the sandwich rule)."),
@@ -71,6 +74,7 @@ def train_cmd(
     from rich.console import Console
 
     from ofa.training import TrainConfig, train
+    from ofa.training.schedule import parse_phase_steps
 
     data_cfg = {"name": data}
     if data_root is not None:
@@ -98,7 +102,8 @@ def train_cmd(
         full_epochs=full_epochs, batch_size=batch_size, lr=lr, opt=opt, weight_decay=weight_decay,
         warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, seed=seed, n_subnets=n_subnets,
         sandwich=sandwich, kd_ratio=kd_ratio, max_steps=max_steps, elastic_max_steps=elastic_max_steps,
-        elastic_lr_scale=elastic_lr_scale, kd_teacher=kd_teacher, save_every=save_every,
+        elastic_lr_scale=elastic_lr_scale, phase_steps=parse_phase_steps(phase_steps) if phase_steps else None,
+        kd_teacher=kd_teacher, save_every=save_every,
         eval_subnets=eval_subnets, eval_split=eval_split, stage_eval=not no_stage_eval, augment=augment,
         bn_mode=bn_mode, dropout=dropout,
         device=device, threads=threads, workers=workers, overwrite=overwrite, progress=not no_progress,

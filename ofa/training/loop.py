@@ -317,13 +317,7 @@ def _train_stage(stage: str, cfg: TrainConfig, run: RunDir, space: SpaceSpec, bu
     t_stage = time.time()
     for phase in phases[start_phase - 1:]:
         resuming = state is not None and phase.index == start_phase
-        epochs = cfg.epochs_for(phase)
-        n_train = len(bundle.train)
-        steps_per_epoch = n_train // batch
-        if cfg.max_steps_for(stage):
-            steps_per_epoch = min(steps_per_epoch, cfg.max_steps_for(stage))
-        if steps_per_epoch < 1:
-            raise OFAError(f"{n_train} training images are fewer than one batch of {batch}; lower --batch-size")
+        epochs, steps_per_epoch = cfg.steps_plan(phase, len(bundle.train))
         lr = cfg.lr_for(phase)
         optimizer = _make_optimizer(model, cfg, lr)
         scheduler = _make_scheduler(optimizer, cfg, lr, epochs * steps_per_epoch, steps_per_epoch)

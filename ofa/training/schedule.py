@@ -16,6 +16,7 @@ from elastic.spaces import SpaceSpec
 
 STAGES = ("full", "kernel", "depth", "expand")
 SCHEDULES = ("quick", "full")
+PHASE_NAMES = ("full", "kernel", "depth/1", "depth/2", "expand/1", "expand/2")   # as `Phase.name` spells them
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,10 @@ _SCHEDULE_DEFAULTS: dict[str, dict[str, Any]] = {
     # well-trained full net; after 2 epochs the subnets still have much to learn. Same runs otherwise, 3x vs 1x:
     # ten random subnets 85.17 vs 83.48% on average (all ten higher), smallest 86.68 vs 85.81%, largest 89.24
     # vs 89.01%.
+    # Where the elastic steps go matters too: only expand/2 trains the whole space. On mbv3-w0.5-small (3 subnets a
+    # step, 925 elastic steps either way), --phase-steps kernel=100,depth/1=50,depth/2=100,expand/1=50,expand/2=626
+    # beat 185 per phase on every subnet measured (smallest +1.34, ten random +1.14 on average, largest +0.68);
+    # not yet measured on this schedule's own space and step count, so not its default.
     "quick": dict(full_epochs=2, stage_epochs=1, batch_size=128, lr=0.2, weight_decay=5e-5, warmup_epochs=0.2,
                   label_smoothing=0.1, subset_size=None, eval_size=2000, calib_images=1000, eval_subnets=2,
                   elastic_max_steps=140, augment=False, sandwich=True, elastic_lr_scale=3.0),
@@ -132,6 +137,7 @@ class TrainConfig:
     max_steps: int | None = None          # cap on steps per epoch (tiny tests)
     elastic_max_steps: int | None = None  # cap on steps per epoch of the elastic stages (default: the schedule's)
     elastic_lr_scale: float | None = None  # multiplies the elastic phases' rates (OFA's factors 0.08-0.3; quick: 3)
+    phase_steps: dict[str, int] | None = None  # total steps of named phases (e.g. {"expand/2": 626}); wins over caps
     save_every: int = 100                 # checkpoint every K steps (and at every epoch end)
     eval_subnets: int | None = None       # random subnets evaluated at each stage end (+ largest, smallest)
     eval_split: str = "val"
@@ -171,6 +177,11 @@ class TrainConfig:
         if self.elastic_lr_scale is not None and not (self.elastic_lr_scale > 0
                                                       and math.isfinite(self.elastic_lr_scale)):
             raise OFAError(f"--elastic-lr-scale must be a positive number, got {self.elastic_lr_scale}")
+        for name, steps in (self.phase_steps or {}).items():
+            if name not in PHASE_NAMES:
+                raise OFAError(f"--phase-steps: unknown phase '{name}'; allowed: {', '.join(PHASE_NAMES)}")
+            if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+                raise OFAError(f"--phase-steps: {name} needs a whole number of steps >= 1, got {steps!r}")
         if self.kd_teacher not in KD_TEACHERS:
             raise OFAError(f"unknown --kd-teacher '{self.kd_teacher}'; allowed: {', '.join(KD_TEACHERS)}")
         if self.kd_teacher == "inplace" and not (self.resolved("sandwich") and self.n_subnets >= 2):
@@ -240,6 +251,24 @@ class TrainConfig:
             return self.max_steps
         return None if stage == "full" else self.resolved("elastic_max_steps")
 
+    def steps_plan(self, phase: Phase, n_train: int) -> tuple[int, int]:
+        """(epochs, steps per epoch) of `phase` on `n_train` training images.
+
+        A phase named in --phase-steps runs that many steps in all, as the fewest whole epochs that hold them, of
+        equal length (so the total may round up by less than one step per epoch); otherwise the phase's epochs,
+        each capped by --max-steps / --elastic-max-steps.
+        """
+        batch = self.resolved("batch_size")
+        epoch_steps = n_train // batch
+        if epoch_steps < 1:
+            raise OFAError(f"{n_train} training images are fewer than one batch of {batch}; lower --batch-size")
+        total = (self.phase_steps or {}).get(phase.name)
+        if total is not None:
+            epochs = math.ceil(total / epoch_steps)
+            return epochs, math.ceil(total / epochs)
+        cap = self.max_steps_for(phase.stage)
+        return self.epochs_for(phase), min(epoch_steps, cap) if cap else epoch_steps
+
     def subnets_per_step(self, stage: str) -> int:
         return 1 if stage == "full" else self.n_subnets
 
@@ -249,6 +278,23 @@ class TrainConfig:
         out.setdefault("subset_size", self.default("subset_size"))
         out.setdefault("eval_size", self.default("eval_size"))
         return out
+
+
+def parse_phase_steps(text: str) -> dict[str, int]:
+    """`kernel=100,expand/2=626` -> {"kernel": 100, "expand/2": 626} (checked by TrainConfig)."""
+    out: dict[str, int] = {}
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        name, sep, value = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            out[name.strip()] = int(value)
+        except ValueError:
+            raise OFAError(f"--phase-steps takes PHASE=STEPS pairs separated by commas (phases: "
+                           f"{', '.join(PHASE_NAMES)}), got {item!r}") from None
+    return out
 
 
 def default_space_name(native_res: int) -> str:
