@@ -108,9 +108,10 @@ def test_elastic_lr_scale_sets_the_optimizers_rate(full_run, tmp_path, scale, mo
 
 def test_phase_steps_set_each_phases_total():
     from elastic.spaces import get_space
-    from ofa.training.schedule import parse_phase_steps
+    from ofa.training.schedule import PHASE_NAMES, STAGES, parse_phase_steps
 
     sp = get_space(SPACE)
+    assert PHASE_NAMES == tuple(p.name for st in STAGES for p in stage_phases(st, sp))   # the names users type
     cfg = TrainConfig(run="x", schedule="quick", dataset="fashion-mnist",
                       phase_steps=parse_phase_steps("kernel=100, depth/1=50,expand/2=626"))
     plan = {p.name: cfg.steps_plan(p, 60000) for st in ("full", "kernel", "depth", "expand") for p in stage_phases(st, sp)}

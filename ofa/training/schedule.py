@@ -82,8 +82,9 @@ _SCHEDULE_DEFAULTS: dict[str, dict[str, Any]] = {
     # vs 89.01%.
     # Where the elastic steps go matters too: only expand/2 trains the whole space. On mbv3-w0.5-small (3 subnets a
     # step, 925 elastic steps either way), --phase-steps kernel=100,depth/1=50,depth/2=100,expand/1=50,expand/2=626
-    # beat 185 per phase on every subnet measured (smallest +1.34, ten random +1.14 on average, largest +0.68);
-    # not yet measured on this schedule's own space and step count, so not its default.
+    # beat 185 per phase on every subnet measured (smallest +1.34, ten random +1.14 on average, largest +0.68; a
+    # pair from two machines with separate full stages); not yet measured on this schedule's own space and step
+    # count, so not its default.
     "quick": dict(full_epochs=2, stage_epochs=1, batch_size=128, lr=0.2, weight_decay=5e-5, warmup_epochs=0.2,
                   label_smoothing=0.1, subset_size=None, eval_size=2000, calib_images=1000, eval_subnets=2,
                   elastic_max_steps=140, augment=False, sandwich=True, elastic_lr_scale=3.0),
