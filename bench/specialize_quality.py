@@ -210,6 +210,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true",
                     help="tiny settings (6 archs, 2 timm models, 1 epoch of <= 20 steps, 256 calibration images)")
     args = ap.parse_args()
+    if args.timm_only and args.epochs is None:
+        raise SystemExit("--timm-only needs --epochs (the run may still be training: its epoch count is not final)")
 
     torch.set_num_threads(args.threads)
     rd = RunDir(args.run)
@@ -230,8 +232,6 @@ def main() -> None:
     rounds = 5 if quick else args.rounds
     RESULTS.mkdir(parents=True, exist_ok=True)
     cache = Cache(rd.path / "bench" / "specialize_quality_cache.json", enabled=not args.no_cache)
-    if args.timm_only and args.epochs is None:
-        raise SystemExit("--timm-only needs --epochs (the run may still be training: its epoch count is not final)")
     sn_hash = "-" if args.timm_only else file_digest(rd.weights_file)[:16]
     t_start = time.time()
     print(f"run {rd.path}: space {space.name}, data {bundle.name}, supernet {sn_hash}, "
@@ -239,10 +239,10 @@ def main() -> None:
 
     # ---- (b1) timm baselines: train (cached), then measure side by side later
     settings = train_settings(rd)
-    if settings["source"] != "train_state.pt" and args.timm_only:   # the later full bench would not find them
-        raise SystemExit(f"--timm-only: {rd.path} has no readable train_state.pt yet (start it after the run's "
-                         f"first save); the timm nets would train with bench defaults ({settings['source']})")
-    if settings["source"] != "train_state.pt":   # the timm nets would not train like the supernet did: say so
+    if settings["source"] != "train_state.pt":   # the timm nets would not train like the supernet did
+        if args.timm_only:   # and the full bench, reading the run's settings later, would not find them
+            raise SystemExit(f"--timm-only: {rd.path} has no readable train_state.pt yet (start it after the run's "
+                             f"first save); the timm nets would train with bench defaults ({settings['source']})")
         print(f"WARNING: {rd.path} has no readable train_state.pt; timm nets train with bench defaults "
               f"({settings['source']})", flush=True)
     print(f"  timm training settings: {settings}", flush=True)

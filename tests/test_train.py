@@ -114,7 +114,7 @@ def test_phase_steps_set_each_phases_total():
     assert PHASE_NAMES == tuple(p.name for st in STAGES for p in stage_phases(st, sp))   # the names users type
     cfg = TrainConfig(run="x", schedule="quick", dataset="fashion-mnist",
                       phase_steps=parse_phase_steps("kernel=100, depth/1=50,expand/2=626"))
-    plan = {p.name: cfg.steps_plan(p, 60000) for st in ("full", "kernel", "depth", "expand") for p in stage_phases(st, sp)}
+    plan = {p.name: cfg.steps_plan(p, 60000) for st in STAGES for p in stage_phases(st, sp)}
     # 468 steps make an epoch at batch 128: 626 steps need two epochs of 313; unnamed phases keep the quick caps
     assert plan == {"full": (2, 468), "kernel": (1, 100), "depth/1": (1, 50), "depth/2": (1, 140),
                     "expand/1": (1, 140), "expand/2": (2, 313)}
