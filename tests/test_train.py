@@ -132,6 +132,30 @@ def test_phase_steps_set_each_phases_total():
             parse_phase_steps(bad)
 
 
+def test_quick_schedule_splits_its_elastic_steps_unless_told_otherwise():
+    from elastic.spaces import get_space
+    from ofa.training.schedule import QUICK_PHASE_STEPS, STAGES
+
+    sp = get_space(SPACE)
+    cfg = TrainConfig(run="x", schedule="quick", dataset="fashion-mnist").with_phase_steps()
+    assert cfg.phase_steps == QUICK_PHASE_STEPS and sum(QUICK_PHASE_STEPS.values()) == 5 * 140
+    plan = {p.name: cfg.steps_plan(p, 60000) for st in STAGES for p in stage_phases(st, sp)}
+    assert plan == {"full": (2, 468), "kernel": (1, 76), "depth/1": (1, 38), "depth/2": (1, 76),
+                    "expand/1": (1, 38), "expand/2": (2, 236)}          # 472 steps: two epochs of 236
+    assert TrainConfig.from_dict(cfg.to_dict()).phase_steps == QUICK_PHASE_STEPS   # stored with the run
+    # the user's own phase lengths hold for every phase; other schedules and digits keep equal phases
+    for own in (dict(elastic_max_steps=185), dict(max_steps=3), dict(epochs=1), dict(phase_steps={"kernel": 9})):
+        got = TrainConfig(run="x", schedule="quick", dataset="fashion-mnist", **own).with_phase_steps()
+        assert got.phase_steps == own.get("phase_steps", {})
+    assert TrainConfig(run="x", schedule="quick", dataset="fashion-mnist", elastic_max_steps=185).with_phase_steps(
+        ).steps_plan(stage_phases("expand", sp)[1], 60000) == (1, 185)
+    assert TrainConfig(run="x", schedule="quick", dataset="digits").with_phase_steps().phase_steps == {}
+    assert TrainConfig(run="x", schedule="full", dataset="fashion-mnist").with_phase_steps().phase_steps == {}
+    # a run stored before the split existed (phase_steps None) resumes with equal phases
+    old = TrainConfig.from_dict({"run": "x", "schedule": "quick", "dataset": "fashion-mnist"})
+    assert old.phase_steps is None and old.steps_plan(stage_phases("expand", sp)[1], 60000) == (1, 140)
+
+
 def test_phase_steps_run_in_training(full_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(full_run, run)
@@ -157,6 +181,7 @@ def test_run_dir_contents_and_history(full_run):
     assert not net.training
     st = run.load_train_state()
     assert st["done"] and st["stage"] == "full"
+    assert st["config"]["phase_steps"] == {}   # written out: the run's own --max-steps set every phase's length
 
 
 def test_missing_previous_stage_names_the_command(tmp_path):

@@ -44,10 +44,12 @@ def train_cmd(
                                       "test set (a dev set drawn like the test images; test keeps the disjoint rest)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="At most this many steps per epoch."),
     elastic_max_steps: Optional[int] = typer.Option(
-        None, "--elastic-max-steps", help="At most this many steps per epoch of the elastic stages (quick: 140)."),
+        None, "--elastic-max-steps", help="At most this many steps per epoch of the elastic stages, the same for "
+                                          "every phase (replaces the quick schedule's split of its 700 steps)."),
     phase_steps: Optional[str] = typer.Option(
         None, "--phase-steps", help="Total steps of named phases, e.g. kernel=100,expand/2=626 (phases: full, "
-                                    "kernel, depth/1, depth/2, expand/1, expand/2); wins over the step caps."),
+                                    "kernel, depth/1, depth/2, expand/1, expand/2); wins over the step caps. "
+                                    "quick: kernel=76,depth/1=38,depth/2=76,expand/1=38,expand/2=472."),
     kd_teacher: str = typer.Option(
         "full", "--kd-teacher", help="full | inplace: distil from the full stage's net (OFA) or from each step's "
                                      "largest subnet (in-place, needs the sandwich rule)."),

@@ -206,6 +206,8 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] | N
         say(bundle.note)
     say(f"data {bundle.summary()}")
     cfg = replace(cfg, dataset=bundle.name)
+    if not resume:   # a resumed run keeps the split it stored
+        cfg = cfg.with_phase_steps()
     space = _resolve_space(run, cfg, bundle, stages)
     if info.is_main:
         run.path.mkdir(parents=True, exist_ok=True)

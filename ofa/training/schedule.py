@@ -8,7 +8,7 @@ resolution is elastic throughout: every step draws one of the space's resolution
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from elastic.errors import OFAError
@@ -64,15 +64,18 @@ def previous_stage(stage: str) -> str | None:
     return STAGES[i - 1] if i > 0 else None
 
 
+# The quick schedule's 700 elastic steps (5 x 140), most of them in the one phase that trains every subnet.
+QUICK_PHASE_STEPS = {"kernel": 76, "depth/1": 38, "depth/2": 76, "expand/1": 38, "expand/2": 472}
+
 # Defaults: (epochs of the `full` stage, epochs of each later stage, global batch, base lr per 256 images,
 # weight decay, warmup epochs, label smoothing, training subset size, eval images) per schedule.
 _SCHEDULE_DEFAULTS: dict[str, dict[str, Any]] = {
     "full": dict(full_epochs=40, stage_epochs=20, batch_size=256, lr=0.15, weight_decay=5e-5, warmup_epochs=1.0,
                  label_smoothing=0.1, subset_size=None, eval_size=None, calib_images=2000, eval_subnets=4,
-                 elastic_max_steps=None, augment=True, sandwich=False, elastic_lr_scale=1.0),
+                 elastic_max_steps=None, augment=True, sandwich=False, elastic_lr_scale=1.0, phase_steps=None),
     # the CPU schedule aimed at < 10 minutes on 2 cores: 2 epochs of the largest subnet over the whole training
-    # set, then each of the 5 elastic phases for 140 steps (KD from the full stage): 3.6 epochs' worth of images in
-    # all. Short schedules underfit, so no augmentation; the sandwich rule (largest + smallest each step) keeps the
+    # set, then 700 elastic steps (KD from the full stage): 3.6 epochs' worth of images in all. The figures below
+    # are from 140 steps in each of the 5 elastic phases (the split before QUICK_PHASE_STEPS). Short schedules underfit, so no augmentation; the sandwich rule (largest + smallest each step) keeps the
     # largest subnet from losing what the full stage taught it. Fashion-MNIST test, largest / smallest subnet, at
     # OFA's elastic learning rates: 89.01 / 85.81%; 170 steps gave 89.35 / 86.65% but up to 11 minutes; the earlier split (3 full epochs, 60
     # steps per elastic phase) 89.06 / 83.59%, and 88.57% for the largest without the sandwich rule.
@@ -80,14 +83,14 @@ _SCHEDULE_DEFAULTS: dict[str, dict[str, Any]] = {
     # well-trained full net; after 2 epochs the subnets still have much to learn. Same runs otherwise, 3x vs 1x:
     # ten random subnets 85.17 vs 83.48% on average (all ten higher), smallest 86.68 vs 85.81%, largest 89.24
     # vs 89.01%.
-    # Where the elastic steps go matters too: only expand/2 trains the whole space. On mbv3-w0.5-small (3 subnets a
-    # step, 925 elastic steps either way), --phase-steps kernel=100,depth/1=50,depth/2=100,expand/1=50,expand/2=626
-    # beat 185 per phase on every subnet measured (smallest +1.34, ten random +1.14 on average, largest +0.68; a
-    # pair from two machines with separate full stages); not yet measured on this schedule's own space and step
-    # count, so not its default.
+    # Where the elastic steps go matters too: only expand/2 trains the whole space, so the quick schedule gives it
+    # two thirds of its 700 elastic steps (QUICK_PHASE_STEPS). A pair sharing one full stage, Fashion-MNIST test
+    # (10,000 images), 140 per phase vs this split: largest 88.85 -> 89.46%, smallest 86.33 -> 87.75%, ten random
+    # 85.01 -> 85.28% on average, same cost (NUMBERS.md, "Where the elastic steps go").
     "quick": dict(full_epochs=2, stage_epochs=1, batch_size=128, lr=0.2, weight_decay=5e-5, warmup_epochs=0.2,
                   label_smoothing=0.1, subset_size=None, eval_size=2000, calib_images=1000, eval_subnets=2,
-                  elastic_max_steps=140, augment=False, sandwich=True, elastic_lr_scale=3.0),
+                  elastic_max_steps=140, augment=False, sandwich=True, elastic_lr_scale=3.0,
+                  phase_steps=QUICK_PHASE_STEPS),
 }
 
 
@@ -96,7 +99,7 @@ _DATASET_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
     ("full", "digits"): dict(full_epochs=60, stage_epochs=30, batch_size=128, calib_images=1000),
     ("full", "cifar10"): dict(full_epochs=120, stage_epochs=60, weight_decay=5e-4),
     ("full", "cifar100"): dict(full_epochs=150, stage_epochs=75, weight_decay=5e-4),
-    ("quick", "digits"): dict(full_epochs=10, stage_epochs=2, batch_size=64, elastic_max_steps=None),
+    ("quick", "digits"): dict(full_epochs=10, stage_epochs=2, batch_size=64, elastic_max_steps=None, phase_steps=None),
 }
 
 
@@ -269,6 +272,16 @@ class TrainConfig:
             return epochs, math.ceil(total / epochs)
         cap = self.max_steps_for(phase.stage)
         return self.epochs_for(phase), min(epoch_steps, cap) if cap else epoch_steps
+
+    def with_phase_steps(self) -> "TrainConfig":
+        """This config with its per-phase steps written out, as a new run stores them: --phase-steps as given, else
+        the schedule's split -- unless --epochs / --max-steps / --elastic-max-steps set the phases' length, which
+        then holds for every phase ({}: none named). Resumed runs keep what they stored (None: none named)."""
+        if self.phase_steps is not None:
+            return self
+        own_length = any(v is not None for v in (self.epochs, self.max_steps, self.elastic_max_steps))
+        default = None if own_length else self.default("phase_steps")
+        return replace(self, phase_steps=dict(default or {}))
 
     def subnets_per_step(self, stage: str) -> int:
         return 1 if stage == "full" else self.n_subnets
