@@ -110,13 +110,45 @@ def train_settings(rd: RunDir) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------ latency
 def measure_modules(models: dict[str, torch.nn.Module], channels: int, resolution: int, threads: int = 1,
-                    rounds: int = 30) -> dict[str, float]:
-    """Batch-1 latency (ms) of each module, measured exactly as a `cpu` profile measures its subnets."""
+                    rounds: int = 30, instances: int = 1) -> dict[str, float]:
+    """Batch-1 latency (ms) of each module on the data's `resolution`-px images, measured exactly as a `cpu`
+    profile measures its subnets (`instances` runtime sessions each, averaged)."""
     from predictors.measure import measure_modules as measure
 
     lat = measure(list(models.values()), [(channels, resolution, resolution)] * len(models), threads=threads,
-                  rounds=rounds)
+                  rounds=rounds, instances=instances)
     return {k: float(v) for k, v in zip(models, lat)}
+
+
+class ResizedInput(torch.nn.Module):
+    """A net specialized for r x r input, fed the data's own images: it resizes them first, as evaluation does
+    (bilinear), inside the timed module -- so ours and timm's nets are timed on the same input, resize included."""
+
+    def __init__(self, net: torch.nn.Module, r: int, input_resolution: int):
+        super().__init__()
+        self.net, self.r, self.resize = net, int(r), int(r) != int(input_resolution)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.resize:
+            x = torch.nn.functional.interpolate(x, size=(self.r, self.r), mode="bilinear", align_corners=False)
+        return self.net(x)
+
+
+def anchor_subnets(space) -> dict[str, Any]:
+    """Subnets that pin the device profile's scale to a measurement session: the smallest at every resolution
+    (the space's floor) and the largest."""
+    out = {f"anchor:smallest@{r}": space.smallest(r) for r in space.resolutions}
+    out[f"anchor:largest@{max(space.resolutions)}"] = space.largest(max(space.resolutions))
+    return out
+
+
+def session_scale(measured: dict[str, float], predicted: dict[str, float]) -> float:
+    """Milliseconds measured in this session per millisecond the profile predicts (median over the anchors).
+
+    On a shared 2-core VM the clock rate moves: the same nets read 1.5x apart in two sessions minutes apart. A
+    budget grid in profile milliseconds placed over the timm nets' latencies of *this* session must be rescaled,
+    or its lower end falls below (or far above) the space's floor."""
+    return float(np.median([measured[k] / predicted[k] for k in predicted]))
 
 
 def cpu_profile(space, device: str, quick: bool, threads: int, run_path: Path) -> str:
@@ -288,17 +320,32 @@ def main() -> None:
     from predictors.profiles import load_profile
 
     device_name = load_profile(device).name
-    lat = measure_modules(timm_models, space.in_channels, resolution, threads=1, rounds=rounds)
+    from predictors.latency import get_latency_predictor
+    from predictors.measure import build_module
+
+    lat_pred = get_latency_predictor(device, space)
+    anchors = anchor_subnets(space)
+    anchor_pred = {k: float(lat_pred.predict([a])[0]) for k, a in anchors.items()}
+    anchor_nets = {k: ResizedInput(build_module(space.net_spec(a)), a.r, resolution).eval()
+                   for k, a in anchors.items()}
+    first = measure_modules({**timm_models, **anchor_nets}, space.in_channels, resolution, threads=1, rounds=rounds)
+    scale = session_scale(first, anchor_pred)
     for name in models:
-        timm_rows[name]["latency_ms"] = lat[name]
+        timm_rows[name]["latency_ms"] = first[name]
     from ofa.specialization import specialize
 
     # A grid of budgets over the timm nets' latency range: the profile's error (a few %) and the spread between two
-    # measurement sessions (up to 25% for the timm nets at 32 px on this shared machine) would otherwise leave
-    # "equal latency" to chance. Every net is then measured side by side with the timm nets, and each timm net is
-    # matched with the most accurate of ours measured at or below it in that session.
-    lats = [timm_rows[n]["latency_ms"] for n in models]
-    budgets = sorted({round(float(b), 3) for b in np.geomspace(0.7 * min(lats), 1.2 * max(lats), GRID_BUDGETS)})
+    # measurement sessions would otherwise leave "equal latency" to chance. The grid is in the profile's
+    # milliseconds, so the timm latencies of this session are divided by the session's scale (anchors measured
+    # beside them), and it starts at the space's floor when a timm net is faster than that. Every net is then
+    # measured side by side with the timm nets, and each timm net is matched with the most accurate of ours
+    # measured at or below it in that session.
+    lats = [timm_rows[n]["latency_ms"] / scale for n in models]
+    floor = min(v for k, v in anchor_pred.items() if "smallest" in k)
+    lo, hi = max(0.7 * min(lats), 1.002 * floor), max(1.2 * max(lats), 1.01 * floor)
+    budgets = sorted({round(float(b), 3) for b in np.geomspace(lo, hi, GRID_BUDGETS)})
+    print(f"  session scale {scale:.3f} (measured / {device_name} profile, median over {len(anchors)} anchor "
+          f"subnets); the space's floor is {floor:.3f} profile ms", flush=True)
     print(f"  specializing {space.name} for {device_name} at {', '.join(f'{b:g} ms' for b in budgets)} ...", flush=True)
     specs = {}
     for b in budgets:
@@ -308,11 +355,18 @@ def main() -> None:
         except Exception as exc:  # an infeasible budget (timm net faster than any subnet) is a result too
             specs[b] = exc
             print(f"    {b:g} ms: {exc}")
-    # measured side by side with the timm nets that set the budgets (same session, same procedure)
+    # measured side by side with the timm nets that set the budgets (same session, same procedure, same 32-px
+    # input: each of ours resizes it to its own resolution inside the timed module); two runtime sessions each
     from ofa import load
 
-    ours = {f"ofa@{b:g}ms": load(s.path) for b, s in specs.items() if not isinstance(s, Exception)}
-    both = measure_modules({**ours, **timm_models}, space.in_channels, resolution, threads=1, rounds=rounds)
+    ours = {f"ofa@{b:g}ms": ResizedInput(load(s.path), s.arch.r, resolution).eval() for b, s in specs.items()
+            if not isinstance(s, Exception)}
+    both = measure_modules({**ours, **timm_models, **anchor_nets}, space.in_channels, resolution, threads=1,
+                           rounds=rounds, instances=1 if quick else 2)
+    latency_session = {"scale_first": scale, "scale_side_by_side": session_scale(both, anchor_pred),
+                       "floor_profile_ms": floor,
+                       "anchors": {k: {"arch": anchors[k].to_dict(), "predicted_ms": anchor_pred[k],
+                                       "first_ms": first[k], "side_by_side_ms": both[k]} for k in anchors}}
 
     # ---- (a) predictor vs. reality on random subnets (+ the specialized ones)
     from elastic.bn_calibration import recalibrate_bn
@@ -370,7 +424,7 @@ def main() -> None:
         elif all(both[f"ofa@{b:g}ms"] > 1.1 * both[name] for b, _ in feasible):
             fastest = min(both[f"ofa@{b:g}ms"] for b, _ in feasible)
             row["ofa_error"] = (f"the fastest specialized net measures {fastest:.3f} ms, more than 10% slower "
-                                f"(the space's fastest subnet is predicted at {min(feasible)[1].predicted_latency_ms:.3f} ms)")
+                                f"(the space's fastest subnet measures {min(both[k] for k in anchor_nets):.3f} ms)")
         else:
             within = [(b, s) for b, s in feasible if both[f"ofa@{b:g}ms"] <= both[name]]
             b, s = (max(within, key=lambda bs: bs[1].test_accuracy) if within
@@ -406,7 +460,7 @@ def main() -> None:
           f"test - val {predictor['val_to_test_gap_points']:+.2f} points on average")
     out = {"run": str(rd.path), "space": space.name, "data": bundle.config, "supernet_sha256_16": sn_hash,
            "device": device_name, "device_profile": device, "quick": quick, "epochs": epochs, "subset": args.subset, "train_settings": settings,
-           "resolution": resolution, "comparison": rows, "predictor": predictor, "points": points,
+           "resolution": resolution, "latency_session": latency_session, "comparison": rows, "predictor": predictor, "points": points,
            "seconds": time.time() - t_start}
     dest = (rd.path / "bench" / "specialize_quality_quick.json" if quick
             else RESULTS / f"specialize_quality_{rd.path.name}.json")
