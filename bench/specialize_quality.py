@@ -15,9 +15,12 @@
     the same training images as our subnets (the accuracy with the BN statistics training left is kept beside it).
     Their batch-1 latency on this CPU is measured the way the `cpu` profile measures (ONNX Runtime, one intra-op
     thread, thread-CPU clock, interleaved rounds, same robust statistic) -- side by side with the specialized nets,
-    in the same measurement session. The supernet is specialized for the `cpu` device at a grid of budgets over
-    the timm nets' latency range; each timm net is compared with the most accurate specialized net measured at or
-    below its latency in that session: gain against the mean over seeds and against the better seed.
+    in the same measurement session, every net fed the data's own images (ours resize them to their resolution
+    inside the timed module, as evaluation does). The supernet is specialized for the `cpu` device at a grid of
+    budgets over the timm nets' latency range, rescaled to the session (the space's smallest and largest subnets
+    are timed beside the timm nets) and starting no lower than the space's floor; each timm net is compared with
+    the most accurate specialized net measured at or below its latency in that session: gain against the mean over
+    seeds and against the better seed.
     A run trained with `--val-from test` makes (a) a like-for-like check (validation and test split drawn alike).
 
 Without a `cpu` profile (`ofa profile --space <run space>`), one is fitted here for the run's space and saved to
@@ -49,7 +52,7 @@ from ofa.run_dir import RunDir  # noqa: E402
 from ofa.specialization import file_digest  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-GRID_BUDGETS = 24   # latency budgets, geometric, over 0.7x the fastest to 1.2x the slowest timm net
+GRID_BUDGETS = 24   # latency budgets, geometric, over 0.7x the fastest (or the floor) to 1.2x the slowest timm net
 TIMM_MODELS = ("mobilenetv3_small_050", "mobilenetv3_small_075", "mobilenetv3_small_100",
                "mobilenetv3_large_075", "mobilenetv3_large_100")
 
