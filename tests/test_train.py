@@ -137,20 +137,23 @@ def test_quick_schedule_splits_its_elastic_steps_unless_told_otherwise():
     from ofa.training.schedule import QUICK_PHASE_STEPS, STAGES
 
     sp = get_space(SPACE)
-    cfg = TrainConfig(run="x", schedule="quick", dataset="fashion-mnist").with_phase_steps()
+    cfg = TrainConfig(run="x", schedule="quick", dataset="fashion-mnist").with_phase_steps(60000)
     assert cfg.phase_steps == QUICK_PHASE_STEPS and sum(QUICK_PHASE_STEPS.values()) == 5 * 140
+    # a training set whose epoch is shorter than the 140-step cap shrinks the budget as the capped phases did
+    small = TrainConfig(run="x", schedule="quick", dataset="fashion-mnist").with_phase_steps(2000)   # 15 steps
+    assert small.phase_steps == {"kernel": 8, "depth/1": 4, "depth/2": 8, "expand/1": 4, "expand/2": 51}
     plan = {p.name: cfg.steps_plan(p, 60000) for st in STAGES for p in stage_phases(st, sp)}
     assert plan == {"full": (2, 468), "kernel": (1, 76), "depth/1": (1, 38), "depth/2": (1, 76),
                     "expand/1": (1, 38), "expand/2": (2, 236)}          # 472 steps: two epochs of 236
     assert TrainConfig.from_dict(cfg.to_dict()).phase_steps == QUICK_PHASE_STEPS   # stored with the run
     # the user's own phase lengths hold for every phase; other schedules and digits keep equal phases
     for own in (dict(elastic_max_steps=185), dict(max_steps=3), dict(epochs=1), dict(phase_steps={"kernel": 9})):
-        got = TrainConfig(run="x", schedule="quick", dataset="fashion-mnist", **own).with_phase_steps()
+        got = TrainConfig(run="x", schedule="quick", dataset="fashion-mnist", **own).with_phase_steps(60000)
         assert got.phase_steps == own.get("phase_steps", {})
     assert TrainConfig(run="x", schedule="quick", dataset="fashion-mnist", elastic_max_steps=185).with_phase_steps(
-        ).steps_plan(stage_phases("expand", sp)[1], 60000) == (1, 185)
-    assert TrainConfig(run="x", schedule="quick", dataset="digits").with_phase_steps().phase_steps == {}
-    assert TrainConfig(run="x", schedule="full", dataset="fashion-mnist").with_phase_steps().phase_steps == {}
+        60000).steps_plan(stage_phases("expand", sp)[1], 60000) == (1, 185)
+    assert TrainConfig(run="x", schedule="quick", dataset="digits").with_phase_steps(1500).phase_steps == {}
+    assert TrainConfig(run="x", schedule="full", dataset="fashion-mnist").with_phase_steps(60000).phase_steps == {}
     # a run stored before the split existed (phase_steps None) resumes with equal phases
     old = TrainConfig.from_dict({"run": "x", "schedule": "quick", "dataset": "fashion-mnist"})
     assert old.phase_steps is None and old.steps_plan(stage_phases("expand", sp)[1], 60000) == (1, 140)

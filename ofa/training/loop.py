@@ -207,7 +207,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] | N
     say(f"data {bundle.summary()}")
     cfg = replace(cfg, dataset=bundle.name)
     if not resume:   # a resumed run keeps the split it stored
-        cfg = cfg.with_phase_steps()
+        cfg = cfg.with_phase_steps(len(bundle.train))
     space = _resolve_space(run, cfg, bundle, stages)
     if info.is_main:
         run.path.mkdir(parents=True, exist_ok=True)

@@ -273,15 +273,22 @@ class TrainConfig:
         cap = self.max_steps_for(phase.stage)
         return self.epochs_for(phase), min(epoch_steps, cap) if cap else epoch_steps
 
-    def with_phase_steps(self) -> "TrainConfig":
+    def with_phase_steps(self, n_train: int) -> "TrainConfig":
         """This config with its per-phase steps written out, as a new run stores them: --phase-steps as given, else
         the schedule's split -- unless --epochs / --max-steps / --elastic-max-steps set the phases' length, which
-        then holds for every phase ({}: none named). Resumed runs keep what they stored (None: none named)."""
+        then holds for every phase ({}: none named). Resumed runs keep what they stored (None: none named).
+
+        The schedule's split is of its elastic budget, 5 phases x its step cap; on a training set whose epoch is
+        shorter than the cap (`n_train` images) the budget shrinks with it, as the capped phases would have."""
         if self.phase_steps is not None:
             return self
         own_length = any(v is not None for v in (self.epochs, self.max_steps, self.elastic_max_steps))
-        default = None if own_length else self.default("phase_steps")
-        return replace(self, phase_steps=dict(default or {}))
+        split = None if own_length else self.default("phase_steps")
+        if not split:
+            return replace(self, phase_steps={})
+        cap = self.default("elastic_max_steps")
+        per_phase = min(cap, max(1, n_train // self.resolved("batch_size")))
+        return replace(self, phase_steps={k: max(1, round(v * per_phase / cap)) for k, v in split.items()})
 
     def subnets_per_step(self, stage: str) -> int:
         return 1 if stage == "full" else self.n_subnets
