@@ -76,9 +76,10 @@ _SCHEDULE_DEFAULTS: dict[str, dict[str, Any]] = {
     # the CPU schedule aimed at < 10 minutes on 2 cores: 2 epochs of the largest subnet over the whole training
     # set, then 700 elastic steps (KD from the full stage): 3.6 epochs' worth of images in all. The figures below
     # are from 140 steps in each of the 5 elastic phases (the split before QUICK_PHASE_STEPS). Short schedules
-    # underfit, so no augmentation; the sandwich rule (largest + smallest each step) keeps the largest subnet from losing what the full stage taught it. Fashion-MNIST test, largest / smallest subnet, at
-    # OFA's elastic learning rates: 89.01 / 85.81%; 170 steps gave 89.35 / 86.65% but up to 11 minutes; the earlier split (3 full epochs, 60
-    # steps per elastic phase) 89.06 / 83.59%, and 88.57% for the largest without the sandwich rule.
+    # underfit, so no augmentation; the sandwich rule (largest + smallest each step) keeps the largest subnet from
+    # losing what the full stage taught it. Fashion-MNIST test, largest / smallest subnet, at OFA's elastic
+    # learning rates: 89.01 / 85.81%; 170 steps gave 89.35 / 86.65% but up to 11 minutes; the earlier split (3 full
+    # epochs, 60 steps per elastic phase) 89.06 / 83.59%, and 88.57% for the largest without the sandwich rule.
     # The elastic phases run at 3x OFA's learning-rate factors: OFA's (0.08-0.3 of the full stage's) suit a
     # well-trained full net; after 2 epochs the subnets still have much to learn. Same runs otherwise, 3x vs 1x:
     # ten random subnets 85.17 vs 83.48% on average (all ten higher), smallest 86.68 vs 85.81%, largest 89.24
