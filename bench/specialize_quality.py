@@ -340,12 +340,14 @@ def main() -> None:
     # A grid of budgets over the timm nets' latency range: the profile's error (a few %) and the spread between two
     # measurement sessions would otherwise leave "equal latency" to chance. The grid is in the profile's
     # milliseconds, so the timm latencies of this session are divided by the session's scale (anchors measured
-    # beside them), and it starts at the space's floor when a timm net is faster than that. Every net is then
+    # beside them); it starts at the space's floor when a timm net is faster than that and ends at the space's
+    # largest subnet when a timm net is slower than that. Every net is then
     # measured side by side with the timm nets, and each timm net is matched with the most accurate of ours
     # measured at or below it in that session.
     lats = [timm_rows[n]["latency_ms"] / scale for n in models]
     floor = min(v for k, v in anchor_pred.items() if "smallest" in k)
-    lo, hi = max(0.7 * min(lats), 1.002 * floor), max(1.2 * max(lats), 1.01 * floor)
+    ceiling = max(v for k, v in anchor_pred.items() if "largest" in k)   # above it every budget gives the largest
+    lo, hi = max(0.7 * min(lats), 1.002 * floor), min(max(1.2 * max(lats), 1.01 * floor), 1.002 * ceiling)
     budgets = sorted({round(float(b), 3) for b in np.geomspace(lo, hi, GRID_BUDGETS)})
     print(f"  session scale {scale:.3f} (measured / {device_name} profile, median over {len(anchors)} anchor "
           f"subnets); the space's floor is {floor:.3f} profile ms", flush=True)
@@ -367,7 +369,7 @@ def main() -> None:
     both = measure_modules({**ours, **timm_models, **anchor_nets}, space.in_channels, resolution, threads=1,
                            rounds=rounds, instances=1 if quick else 2)
     latency_session = {"scale_first": scale, "scale_side_by_side": session_scale(both, anchor_pred),
-                       "floor_profile_ms": floor,
+                       "floor_profile_ms": floor, "ceiling_profile_ms": ceiling,
                        "anchors": {k: {"arch": anchors[k].to_dict(), "predicted_ms": anchor_pred[k],
                                        "first_ms": first[k], "side_by_side_ms": both[k]} for k in anchors}}
 
