@@ -341,9 +341,8 @@ def main() -> None:
     # measurement sessions would otherwise leave "equal latency" to chance. The grid is in the profile's
     # milliseconds, so the timm latencies of this session are divided by the session's scale (anchors measured
     # beside them); it starts at the space's floor when a timm net is faster than that and ends at the space's
-    # largest subnet when a timm net is slower than that. Every net is then
-    # measured side by side with the timm nets, and each timm net is matched with the most accurate of ours
-    # measured at or below it in that session.
+    # largest subnet when a timm net is slower than that. Every net is then measured side by side with the timm
+    # nets, and each timm net is matched with the most accurate of ours measured at or below it in that session.
     lats = [timm_rows[n]["latency_ms"] / scale for n in models]
     floor = min(v for k, v in anchor_pred.items() if "smallest" in k)
     ceiling = max(v for k, v in anchor_pred.items() if "largest" in k)   # above it every budget gives the largest
