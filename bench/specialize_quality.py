@@ -328,7 +328,7 @@ def main() -> None:
 
     lat_pred = get_latency_predictor(device, space)
     anchors = anchor_subnets(space)
-    anchor_pred = {k: float(lat_pred.predict([a])[0]) for k, a in anchors.items()}
+    anchor_pred = dict(zip(anchors, map(float, lat_pred.predict(list(anchors.values())))))
     anchor_nets = {k: ResizedInput(build_module(space.net_spec(a)), a.r, resolution).eval()
                    for k, a in anchors.items()}
     first = measure_modules({**timm_models, **anchor_nets}, space.in_channels, resolution, threads=1, rounds=rounds)
