@@ -18,7 +18,8 @@
     in the same measurement session, every net fed the data's own images (ours resize them to their resolution
     inside the timed module, as evaluation does). The supernet is specialized for the `cpu` device at a grid of
     budgets over the timm nets' latency range, rescaled to the session (the space's smallest and largest subnets
-    are timed beside the timm nets) and starting no lower than the space's floor; each timm net is compared with
+    are timed beside the timm nets) and starting no lower than the space's floor -- once over all resolutions and
+    once at the data's own (`--resolution`: no resize, which the profile does not count); each timm net is compared with
     the most accurate specialized net measured at or below its latency in that session: gain against the mean over
     seeds and against the better seed.
     A run trained with `--val-from test` makes (a) a like-for-like check (validation and test split drawn alike).
@@ -351,19 +352,28 @@ def main() -> None:
     print(f"  session scale {scale:.3f} (measured / {device_name} profile, median over {len(anchors)} anchor "
           f"subnets); the space's floor is {floor:.3f} profile ms", flush=True)
     print(f"  specializing {space.name} for {device_name} at {', '.join(f'{b:g} ms' for b in budgets)} ...", flush=True)
-    specs = {}
-    for b in budgets:
+    # A second grid searched at the data's own resolution only (`ofa specialize --resolution`): such a net needs no
+    # resize, which the profile (each net timed at its own input size) does not count, while on 32-px data a lower
+    # resolution pays a resize that eats most of what it saves on these tiny nets.
+    grid = [(f"{b:g}ms", b, None) for b in budgets]
+    if resolution in space.resolutions and len(space.resolutions) > 1:
+        native_floor = float(lat_pred.predict([space.smallest(resolution)])[0])
+        native = sorted({round(1.002 * native_floor, 3)} | {b for b in budgets if b >= 1.002 * native_floor})
+        grid += [(f"{b:g}ms-r{resolution}", b, resolution) for b in native]
+    specs: dict[str, Any] = {}
+    for label, b, res in grid:
         try:
-            (s,) = specialize(rd.path, device=device, latency=b, calib_images=calib, measure=False, seed=args.seed)
-            specs[b] = s
+            (s,) = specialize(rd.path, device=device, latency=b, calib_images=calib, measure=False, seed=args.seed,
+                              resolution=res)
+            specs[label] = s
         except Exception as exc:  # an infeasible budget (timm net faster than any subnet) is a result too
-            specs[b] = exc
-            print(f"    {b:g} ms: {exc}")
+            specs[label] = exc
+            print(f"    {label}: {exc}")
     # measured side by side with the timm nets that set the budgets (same session, same procedure, same 32-px
     # input: each of ours resizes it to its own resolution inside the timed module); two runtime sessions each
     from ofa import load
 
-    ours = {f"ofa@{b:g}ms": ResizedInput(load(s.path), s.arch.r, resolution).eval() for b, s in specs.items()
+    ours = {f"ofa@{label}": ResizedInput(load(s.path), s.arch.r, resolution).eval() for label, s in specs.items()
             if not isinstance(s, Exception)}
     both = measure_modules({**ours, **timm_models, **anchor_nets}, space.in_channels, resolution, threads=1,
                            rounds=rounds, instances=1 if quick else 2)
@@ -385,7 +395,7 @@ def main() -> None:
     supernet = rd.load_supernet()
     calib_cache: dict[int, list] = {resolution: timm_calib}   # same images, drawn once per resolution
     points = [{"arch": a.to_dict(), "kind": "random"} for a in archs]
-    points += [{"arch": s.arch.to_dict(), "kind": f"specialized@{b:g}ms"} for b, s in specs.items()
+    points += [{"arch": s.arch.to_dict(), "kind": f"specialized@{label}"} for label, s in specs.items()
                if not isinstance(s, Exception)]
     for i, p in enumerate(points):
         a = Arch.from_dict(p["arch"])
@@ -422,26 +432,28 @@ def main() -> None:
         t = timm_rows[name]
         row = {"timm": name, "timm_latency_ms": both[name], "timm_test_accuracy": t["test_accuracy"],
                "timm_test_accuracy_range": [t["test_accuracy_min"], t["test_accuracy_max"]], "timm_seeds": t["seeds"]}
-        feasible = [(b, specs[b]) for b in budgets if not isinstance(specs[b], Exception)]
+        feasible = [(label, s) for label, s in specs.items() if not isinstance(s, Exception)]
         if not feasible:
-            row["ofa_error"] = str(specs[budgets[0]])
-        elif all(both[f"ofa@{b:g}ms"] > 1.1 * both[name] for b, _ in feasible):
-            fastest = min(both[f"ofa@{b:g}ms"] for b, _ in feasible)
+            row["ofa_error"] = str(specs[grid[0][0]])
+        elif all(both[f"ofa@{label}"] > 1.1 * both[name] for label, _ in feasible):
+            fastest = min(both[f"ofa@{label}"] for label, _ in feasible)
             row["ofa_error"] = (f"the fastest specialized net measures {fastest:.3f} ms, more than 10% slower "
                                 f"(the space's fastest subnet measures {min(both[k] for k in anchor_nets):.3f} ms)")
         else:
-            within = [(b, s) for b, s in feasible if both[f"ofa@{b:g}ms"] <= both[name]]
-            b, s = (max(within, key=lambda bs: bs[1].test_accuracy) if within
-                    else min(feasible, key=lambda bs: both[f"ofa@{bs[0]:g}ms"]))
-            k = f"ofa@{b:g}ms"
-            row.update(budget_ms=b, ofa_arch=s.arch.to_dict(), ofa_predicted_latency_ms=s.predicted_latency_ms,
+            within = [(label, s) for label, s in feasible if both[f"ofa@{label}"] <= both[name]]
+            label, s = (max(within, key=lambda ls: ls[1].test_accuracy) if within
+                        else min(feasible, key=lambda ls: both[f"ofa@{ls[0]}"]))
+            k = f"ofa@{label}"
+            row.update(budget=label, budget_ms=float(label.split("ms")[0]),
+                       resolutions_searched=s.extra.get("resolutions", list(space.resolutions)),
+                       ofa_arch=s.arch.to_dict(), ofa_predicted_latency_ms=s.predicted_latency_ms,
                        ofa_latency_ms=both[k], ofa_test_accuracy=s.test_accuracy,
                        ofa_predicted_accuracy=s.predicted_accuracy, latency_ratio=both[k] / both[name],
                        accuracy_gain_points=100 * (s.test_accuracy - t["test_accuracy"]),
                        accuracy_gain_vs_best_seed_points=100 * (s.test_accuracy - t["test_accuracy_max"]),
                        at_or_below_timm_latency=bool(within),
-                       all_candidates=[{"budget_ms": bb, "latency_ms": both[f"ofa@{bb:g}ms"],
-                                        "test_accuracy": ss.test_accuracy} for bb, ss in feasible])
+                       all_candidates=[{"budget": ll, "latency_ms": both[f"ofa@{ll}"], "r": ss.arch.r,
+                                        "test_accuracy": ss.test_accuracy} for ll, ss in feasible])
         rows.append(row)
     print()
     print(f"{'timm model':24s} {'lat ms':>8s} {'acc: mean (range over seeds)':>29s} | {'ofa lat ms':>10s} {'(pred)':>8s} "
@@ -454,7 +466,8 @@ def main() -> None:
             line += "infeasible: " + r["ofa_error"]
         else:
             line += (f"{r['ofa_latency_ms']:10.3f} {r['ofa_predicted_latency_ms']:8.3f} "
-                     f"{100 * r['ofa_test_accuracy']:6.2f}% {r['accuracy_gain_points']:+6.2f}"
+                     f"{100 * r['ofa_test_accuracy']:6.2f}% {r['accuracy_gain_points']:+6.2f}  r={r['ofa_arch']['r']} "
+                     f"(searched {r['budget']})"
                      f"{'' if r['at_or_below_timm_latency'] else '  (none of ours measured at or below; closest)'}")
         print(line)
     print(f"\npredictor on {predictor['n']} subnets (test split): mean |real - predicted| "

@@ -37,6 +37,12 @@ class Specialized:
     note: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def folder_name(self) -> str:
+        """`<device>@<budget>`, with `-r<resolutions>` when the search was limited to some resolutions."""
+        res = self.extra.get("resolutions")
+        return f"{self.device}@{self.budget}" + (f"-r{'-'.join(map(str, res))}" if res else "")
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "device": self.device, "budget": self.budget, "arch": self.arch.to_dict(),
@@ -75,6 +81,24 @@ def build_constraints(latency: Any = None, macs: Any = None, params: Any = None)
     return [Constraints(pick(lat, i), pick(mac, i), pick(par, i)) for i in range(n)]
 
 
+def parse_resolutions(value: Any, space: SpaceSpec) -> tuple[int, ...] | None:
+    """'32' / '28,32' / 32 / [28, 32] -> sorted resolutions of `space`; None (all of them) stays None."""
+    from specialize.evolution import check_resolutions
+
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else (list(value) if isinstance(value, (list, tuple)) else [value])
+    out = []
+    for item in items:
+        text = str(item).strip().lower().removesuffix("px")
+        try:
+            out.append(int(text))
+        except ValueError:
+            raise OFAError(f"bad resolution '{item}': give pixels as whole numbers, e.g. 32 or 28,32 "
+                           f"(space {space.name} has {', '.join(map(str, space.resolutions))})") from None
+    return check_resolutions(space, out)
+
+
 def file_digest(path: Path) -> str:
     """SHA-256 of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()
@@ -105,10 +129,13 @@ def specialize(run: str | Path | None = None, *, device: str, latency: Any = Non
                params: Any = None, space: str | None = None, accuracy_predictor: str | Path | None = None,
                backend: str = "evolution", export: Sequence[str] | str = (), pareto: bool = False, seed: int = 0,
                calib_images: int = 2000, measure: bool = True, evaluate: bool = True,
-               out_dir: str | Path | None = None, progress: bool = False, **search_overrides: Any) -> list[Specialized]:
+               out_dir: str | Path | None = None, progress: bool = False, resolution: Any = None,
+               **search_overrides: Any) -> list[Specialized]:
     """Search the best arch per budget and (with a run) write each extracted network to disk.
 
-    `latency` takes '40ms' / '20ms,30ms,40ms' / 40.0 / [20, 30]; `macs` '300M'; `params` '5M'.
+    `latency` takes '40ms' / '20ms,30ms,40ms' / 40.0 / [20, 30]; `macs` '300M'; `params` '5M'. `resolution`
+    ('32', '28,32', 32 or [28, 32]) limits the input resolutions searched -- e.g. to the size the deployed
+    camera or pipeline delivers, where any other resolution costs a resize; default: all of the space's.
     Returns one `Specialized` per budget, tightest first. `search_overrides` go to the search (evolution:
     population=, generations=, patience=, ...; proxyless: steps=, budget_rounds=, ...). Re-specializing a budget
     replaces its folder atomically.
@@ -163,19 +190,25 @@ def specialize(run: str | Path | None = None, *, device: str, latency: Any = Non
     if pareto and backend != "evolution":
         raise OFAError("--pareto plots the archs scored by the evolutionary search; use it with --backend evolution")
 
+    res = parse_resolutions(resolution, sp)
     t0 = time.perf_counter()
     if backend == "evolution":
-        outcome = evolution.search(sp, acc_pred, lat_pred, cons, device=device, seed=seed, **search_overrides)
+        outcome = evolution.search(sp, acc_pred, lat_pred, cons, device=device, seed=seed, resolutions=res,
+                                   **search_overrides)
         found = outcome.results
         front = outcome.pareto
     else:
+        if res is not None:
+            search_overrides = {**search_overrides, "resolutions": res}
         found, front = _proxyless_results(rd, sp, acc_pred, lat_pred, cons, seed, search_overrides)
     search_seconds = time.perf_counter() - t0
 
+    extra = {} if res is None else {"resolutions": list(res)}
     results = [Specialized(device=device, budget=r.constraints.label(), arch=r.arch,
                            predicted_accuracy=float(r.accuracy),
                            predicted_latency_ms=None if r.latency_ms is None else float(r.latency_ms),
-                           macs=float(r.macs), params=float(r.params), search_seconds=search_seconds, note=r.note)
+                           macs=float(r.macs), params=float(r.params), search_seconds=search_seconds, note=r.note,
+                           extra=dict(extra))
                for r in found]
 
     if rd is not None:
@@ -239,7 +272,8 @@ def _meta(sp: SpaceSpec, r: Specialized, backend: str, provenance: dict[str, Any
                       "params": r.params},
         "measured": {"test_accuracy": r.test_accuracy, "latency_ms": r.measured_latency_ms},
         "note": r.note,
-        "provenance": {"backend": backend, "ofa_version": __version__,
+        "provenance": {"backend": backend, "resolutions_searched": r.extra.get("resolutions", list(sp.resolutions)),
+                       "ofa_version": __version__,
                        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **provenance},
     }
 
@@ -249,7 +283,7 @@ def _write_arch_only(base: Path, sp: SpaceSpec, results: list[Specialized], devi
     from ofa.specialized import ARCH_ONLY_FORMAT
 
     for r in results:
-        folder = base / f"{device}@{r.budget}"
+        folder = base / r.folder_name
         atomic.write_json(folder / "arch.json", {"format": ARCH_ONLY_FORMAT, **_meta(sp, r, backend, {})})
         r.path = folder
 
@@ -280,7 +314,7 @@ def _materialize(rd, sp, results, profile, exports, calib_images, measure, evalu
         meta["input"] = {"resolution": r.arch.r, "channels": sp.in_channels,
                          "mean": list(getattr(bundle, "mean", []) or []), "std": list(getattr(bundle, "std", []) or [])}
         example = calib[r.arch.r][0][:4] if calib.get(r.arch.r) else None  # real images: exports checked in range
-        r.path = save_specialized(base / f"{r.device}@{r.budget}", net, meta, exports=exports, example=example)
+        r.path = save_specialized(base / r.folder_name, net, meta, exports=exports, example=example)
         if progress:
             acc = f"{100 * r.test_accuracy:.2f}%" if r.test_accuracy is not None else "n/a"
-            print(f"  {r.device}@{r.budget}: test accuracy {acc} -> {r.path}")
+            print(f"  {r.folder_name}: test accuracy {acc} -> {r.path}")

@@ -47,13 +47,13 @@ METRICS = ("accuracy", "latency_ms", "macs", "params")
 class Genome:
     """Integer genome of a space: [kernel index per block | expand index per block | depth index per stage | r index]."""
 
-    def __init__(self, space: SpaceSpec):
+    def __init__(self, space: SpaceSpec, resolutions: Sequence[int] | None = None):
         self.space = space
         nb, ns = space.n_blocks, space.n_stages
         self.nb, self.ns = nb, ns
         self.ks = np.asarray(space.ks_choices)
         self.e = np.asarray(space.e_choices)
-        self.r = np.asarray(space.resolutions)
+        self.r = np.asarray(check_resolutions(space, resolutions))   # the resolution gene indexes these only
         dch = [space.depth_choices(s) for s in range(ns)]
         self.d_table = np.array([list(c) + [c[-1]] * (max(map(len, dch)) - len(c)) for c in dch])
         self.n_opts = np.array([len(self.ks)] * nb + [len(self.e)] * nb + [len(c) for c in dch] + [len(self.r)])
@@ -101,10 +101,10 @@ class Genome:
         return out
 
     def smallest(self) -> np.ndarray:
-        return self.from_archs([self.space.smallest()])[0]
+        return self.from_archs([self.space.smallest(int(self.r.min()))])[0]
 
     def largest(self) -> np.ndarray:
-        return self.from_archs([self.space.largest()])[0]
+        return self.from_archs([self.space.largest(int(self.r.max()))])[0]
 
     def depths(self, g: np.ndarray) -> np.ndarray:
         di = g[:, 2 * self.nb: 2 * self.nb + self.ns]
@@ -127,11 +127,14 @@ class Genome:
 
     def from_archs(self, archs: Sequence[Arch]) -> np.ndarray:
         sp = self.space
+        rs = self.r.tolist()
         rows = []
         for a in archs:
             sp.validate(a)
+            if a.r not in rs:
+                raise OFAError(f"arch at resolution {a.r} is outside this search's resolutions {rs}")
             rows.append([sp.ks_choices.index(k) for k in a.ks] + [sp.e_choices.index(v) for v in a.e]
-                        + [sp.depth_choices(s).index(v) for s, v in enumerate(a.d)] + [sp.resolutions.index(a.r)])
+                        + [sp.depth_choices(s).index(v) for s, v in enumerate(a.d)] + [rs.index(a.r)])
         return np.asarray(rows, dtype=np.int64).reshape(len(rows), self.length)
 
     def mutate(self, parents: np.ndarray, rng: np.random.Generator, prob: float) -> np.ndarray:
@@ -160,6 +163,18 @@ class Genome:
         out = np.repeat(g[None, :], len(genes), axis=0)
         out[np.arange(len(genes)), genes] = vals
         return out
+
+
+def check_resolutions(space: SpaceSpec, resolutions: Sequence[int] | None) -> tuple[int, ...]:
+    """The resolutions a search may pick: all of the space's (None) or the given ones, each one of the space's."""
+    if resolutions is None:
+        return tuple(space.resolutions)
+    out = tuple(sorted({int(r) for r in resolutions}))
+    bad = [r for r in out if r not in space.resolutions]
+    if not out or bad:
+        raise OFAError(f"resolution {bad[0] if bad else '(none)'} is not one of space {space.name}'s input "
+                       f"resolutions; allowed: {', '.join(map(str, space.resolutions))}")
+    return out
 
 
 def _arch(ks: list[int], e: list[int], d: list[int], r: int) -> Arch:
@@ -306,12 +321,14 @@ class EvolutionConfig:
 def search(space: SpaceSpec, acc_pred: Any, lat_pred: Any = None,
            constraints: Constraints | Sequence[Constraints] = (), *, config: EvolutionConfig | None = None,
            device: str | None = None, progress: Callable[[int, list[float]], None] | None = None,
-           **overrides: Any) -> SearchOutcome:
+           resolutions: Sequence[int] | None = None, **overrides: Any) -> SearchOutcome:
     """Best arch per budget (results in the order given) plus the Pareto front of all archs scored.
 
-    `acc_pred.predict(archs)` and `lat_pred.predict(archs)` are called on whole batches. `overrides` set
+    `acc_pred.predict(archs)` and `lat_pred.predict(archs)` are called on whole batches. `resolutions` limits the
+    input resolutions searched (default: all of the space's; one value fixes it). `overrides` set
     EvolutionConfig fields (population=, generations=, patience=, seed=, ...).
     """
+    res = check_resolutions(space, resolutions)
     cfg = config or EvolutionConfig()
     if overrides:
         cfg = EvolutionConfig(**{**cfg.__dict__, **overrides})
@@ -326,18 +343,20 @@ def search(space: SpaceSpec, acc_pred: Any, lat_pred: Any = None,
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1, user_api="blas"):  # batches are small: one BLAS thread is as fast and never
-        return _search(space, acc_pred, lat_pred, cons, cfg, device, progress)  # spins against other processes
+        return _search(space, acc_pred, lat_pred, cons, cfg, device, progress, res)  # spins against other processes
 
 
 def _search(space: SpaceSpec, acc_pred: Any, lat_pred: Any, cons: list[Constraints], cfg: EvolutionConfig,
-            device: str | None, progress: Callable[[int, list[float]], None] | None) -> SearchOutcome:
+            device: str | None, progress: Callable[[int, list[float]], None] | None,
+            resolutions: tuple[int, ...]) -> SearchOutcome:
     t0 = time.perf_counter()
-    genome = Genome(space)
+    genome = Genome(space, resolutions)
     need_macs = any(c.macs is not None for c in cons)
     need_params = any(c.params is not None for c in cons)
     scorer = Scorer(genome, acc_pred, lat_pred, need_macs, need_params)
     rng = np.random.default_rng(cfg.seed)
-    where = f" on {device}" if device else ""
+    at_res = "" if resolutions == tuple(space.resolutions) else f" at resolution {', '.join(map(str, resolutions))}"
+    where = (f" on {device}" if device else "") + at_res
 
     # 1) budgets the largest subnet meets: answer directly
     big_g, big_m = scorer(genome.largest()[None, :])
@@ -346,7 +365,7 @@ def _search(space: SpaceSpec, acc_pred: Any, lat_pred: Any, cons: list[Constrain
     todo = []
     for j, c in enumerate(cons):
         if c.empty or _feasible(c, big_m)[0]:
-            note = None if c.empty else (f"the budget ({c.describe()}) is at or above the largest subnet "
+            note = None if c.empty else (f"the budget ({c.describe()}) is at or above the largest subnet{at_res} "
                                          f"({_describe_metrics(big_m, 0, lat_pred is not None)}); returning the largest subnet")
             results[j] = _result(c, genome, big_g[0], big_m, 0, note)
         else:
@@ -643,14 +662,16 @@ def pareto_front(genome: Genome, scorer: Scorer, x: str = "latency_ms") -> list[
 
 
 def pareto_sweep(space: SpaceSpec, acc_pred: Any, lat_pred: Any = None, n_budgets: int = 10, *,
-                 metric: str = "latency_ms", config: EvolutionConfig | None = None, **overrides: Any) -> SearchOutcome:
+                 metric: str = "latency_ms", config: EvolutionConfig | None = None,
+                 resolutions: Sequence[int] | None = None, **overrides: Any) -> SearchOutcome:
     """Search `n_budgets` budgets spread between the smallest and the largest subnet (latency, or MACs without a
     latency predictor) in one call; the outcome's `pareto` is the whole front."""
     if n_budgets < 1:
         raise OFAError(f"number of budgets for a Pareto sweep must be >= 1, got {n_budgets}")
     if metric == "latency_ms" and lat_pred is None:
         metric = "macs"
-    ends = [space.smallest(), space.largest()]
+    res = check_resolutions(space, resolutions)
+    ends = [space.smallest(min(res)), space.largest(max(res))]
     if metric == "latency_ms":
         lo, hi = (float(v) for v in lat_pred.predict(ends))
         make = lambda v: Constraints(latency_ms=float(v))  # noqa: E731
@@ -658,7 +679,7 @@ def pareto_sweep(space: SpaceSpec, acc_pred: Any, lat_pred: Any = None, n_budget
         lo, hi = (float(v) for v in arch_macs_params(space, ends)[0])
         make = lambda v: Constraints(macs=float(v))  # noqa: E731
     budgets = np.geomspace(lo * 1.02, hi * 0.999, n_budgets) if n_budgets > 1 else np.array([(lo + hi) / 2])
-    return search(space, acc_pred, lat_pred, [make(v) for v in budgets], config=config, **overrides)
+    return search(space, acc_pred, lat_pred, [make(v) for v in budgets], config=config, resolutions=res, **overrides)
 
 
-__all__ = ["EvolutionConfig", "Genome", "SearchOutcome", "SearchResult", "pareto_front", "pareto_sweep", "search"]
+__all__ = ["EvolutionConfig", "Genome", "check_resolutions", "SearchOutcome", "SearchResult", "pareto_front", "pareto_sweep", "search"]

@@ -116,3 +116,29 @@ def test_macs_only_budget_without_a_device(setup):
     assert max(p["accuracy"] for p in out.pareto if p["macs"] <= 300e6) == pytest.approx(r.accuracy)
     with pytest.raises(OFAError, match="fewest MACs"):
         search(space, acc, None, Constraints(macs=1e6), **FAST)
+
+
+def test_search_limited_to_given_resolutions(setup):
+    space, acc, lat = setup
+    free = search(space, acc, lat, Constraints(latency_ms=25.0), seed=0, **FAST).best
+    for res in ([224], [160, 176]):
+        out = search(space, acc, lat, Constraints(latency_ms=25.0), seed=0, resolutions=res, **FAST)
+        r = out.best
+        assert r.arch.r in res and r.latency_ms <= 25.0
+        assert {p["arch"].r for p in out.pareto} <= set(res)          # nothing outside them was even scored
+        assert r.accuracy <= free.accuracy + 0.003                     # a narrower search cannot do much better
+    # the floor moves with the resolution: a budget only lower resolutions reach is infeasible at 224
+    lo160, lo224 = (float(v) for v in lat.predict([space.smallest(160), space.smallest(224)]))
+    assert lo160 < lo224
+    with pytest.raises(OFAError) as err:
+        search(space, acc, lat, Constraints(latency_ms=(lo160 + lo224) / 2), device="note10", resolutions=[224],
+               **FAST)
+    msg = str(err.value)
+    assert "at resolution 224" in msg
+    assert float(msg.split("is ")[1].split(" ms")[0]) == pytest.approx(lo224, abs=0.01)
+    # above the largest subnet of the allowed resolutions: that one, not the space's largest
+    big176 = float(lat.predict([space.largest(176)])[0])
+    r = search(space, acc, lat, Constraints(latency_ms=big176 * 1.01), resolutions=[160, 176], **FAST).best
+    assert r.arch == space.largest(176) and "at resolution 160, 176" in r.note
+    with pytest.raises(OFAError, match="allowed: 160, 176, 192, 208, 224"):
+        search(space, acc, lat, Constraints(latency_ms=25.0), resolutions=[150])

@@ -254,3 +254,24 @@ def test_archs_only_with_ofa_predictor_is_fast(tmp_path, capsys):
     assert meta["arch"] == doc["arch"] and not (tmp_path / "note10@25ms" / "model.safetensors").exists()
     with pytest.raises(OFAError, match="architecture only"):
         ofa.load(tmp_path / "note10@25ms")
+
+
+def test_resolution_limits_the_search_and_names_the_folder(run, lat_range, capsys):
+    budget = f"{(lat_range[0] + lat_range[1]) / 2:.3f}ms"
+    doc = _cli_json(capsys, ["--run", str(run.path), "--device", "pixel1", "--latency", budget, "--resolution", "16",
+                             "--no-measure"])
+    folder = run.path / "specialized" / f"pixel1@{budget}-r16"
+    assert doc["path"] == str(folder) and doc["arch"]["r"] == 16 and doc["resolutions"] == [16]
+    meta = json.loads((folder / "arch.json").read_text())
+    assert meta["arch"]["r"] == 16 and meta["provenance"]["resolutions_searched"] == [16]
+    net = ofa.load(folder)
+    assert net.arch.r == 16 and net(torch.randn(1, 3, 16, 16)).shape == (1, 10)
+    # the unrestricted search of the same budget keeps its own folder and records both resolutions
+    (free,) = ofa.specialize(run.path, device="pixel1", latency=budget, measure=False, evaluate=False, **FAST)
+    assert free.path == run.path / "specialized" / f"pixel1@{budget}" and folder.exists()
+    assert json.loads((free.path / "arch.json").read_text())["provenance"]["resolutions_searched"] == [16, 20]
+    for bad, says in (("18", "allowed: 16, 20"), ("big", "bad resolution 'big'")):
+        with pytest.raises(SystemExit) as err:
+            main(["specialize", "--run", str(run.path), "--device", "pixel1", "--latency", budget, "--resolution", bad])
+        msg = capsys.readouterr().err.strip()
+        assert err.value.code == 2 and "\n" not in msg and says in msg

@@ -23,6 +23,7 @@ def specialize_cmd(
     export: Optional[str] = typer.Option(None, "--export", help="Also export: onnx, torchscript (comma-separated)."),
     pareto: bool = typer.Option(False, "--pareto", help="Also write the Pareto front (PNG plot + JSON) next to the results."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default RUN/specialized)."),
+    resolution: Optional[str] = typer.Option(None, "--resolution", help="Input resolution(s) the search may pick, e.g. 32 or 28,32 (default: all of the space's); the results go to DEVICE@BUDGET-rRES/."),
     seed: int = typer.Option(0, "--seed", help="Search seed."),
     no_measure: bool = typer.Option(False, "--no-measure", help="Do not time the result on this machine."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -37,7 +38,8 @@ def specialize_cmd(
                        "(e.g. 5M); --pareto adds the front of everything scored while searching them")
     results = specialize(run, device=device, latency=latency, macs=macs, params=params, space=space,
                          accuracy_predictor=accuracy_predictor, backend=backend, export=export or (), pareto=pareto,
-                         seed=seed, measure=not no_measure, out_dir=out, progress=not as_json)
+                         seed=seed, measure=not no_measure, out_dir=out, progress=not as_json,
+                         resolution=resolution)
     if as_json:
         docs = [r.to_dict() for r in results]
         print(json.dumps(docs[0] if len(docs) == 1 else {"results": docs, "search_seconds": docs[0]["search_seconds"]},
