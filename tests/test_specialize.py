@@ -270,6 +270,9 @@ def test_resolution_limits_the_search_and_names_the_folder(run, lat_range, capsy
     (free,) = ofa.specialize(run.path, device="pixel1", latency=budget, measure=False, evaluate=False, **FAST)
     assert free.path == run.path / "specialized" / f"pixel1@{budget}" and folder.exists()
     assert json.loads((free.path / "arch.json").read_text())["provenance"]["resolutions_searched"] == [16, 20]
+    (pl,) = ofa.specialize(run.path, device="pixel1", latency=budget, backend="proxyless", resolution=[20],
+                           measure=False, evaluate=False, steps=4, budget_rounds=0, batch_size=8)
+    assert pl.arch.r == 20 and pl.path.name == f"pixel1@{budget}-r20" and pl.predicted_latency_ms <= float(budget[:-2])
     for bad, says in (("18", "allowed: 16, 20"), ("big", "bad resolution 'big'")):
         with pytest.raises(SystemExit) as err:
             main(["specialize", "--run", str(run.path), "--device", "pixel1", "--latency", budget, "--resolution", bad])
