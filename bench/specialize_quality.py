@@ -349,6 +349,8 @@ def main() -> None:
     ceiling = max(v for k, v in anchor_pred.items() if "largest" in k)   # above it every budget gives the largest
     lo, hi = max(0.7 * min(lats), 1.002 * floor), min(max(1.2 * max(lats), 1.01 * floor), 1.002 * ceiling)
     budgets = sorted({round(float(b), 3) for b in np.geomspace(lo, hi, GRID_BUDGETS)})
+    if lo <= 1.002 * floor:   # the floor itself: a budget only the space's smallest subnet meets
+        budgets = sorted(set(budgets) | {math.ceil(floor * 1e4) / 1e4})
     print(f"  session scale {scale:.3f} (measured / {device_name} profile, median over {len(anchors)} anchor "
           f"subnets); the space's floor is {floor:.3f} profile ms", flush=True)
     print(f"  specializing {space.name} for {device_name} at {', '.join(f'{b:g} ms' for b in budgets)} ...", flush=True)
@@ -358,7 +360,7 @@ def main() -> None:
     grid = [(f"{b:g}ms", b, None) for b in budgets]
     if resolution in space.resolutions and len(space.resolutions) > 1:
         native_floor = float(lat_pred.predict([space.smallest(resolution)])[0])
-        native = sorted({round(1.002 * native_floor, 3)} | {b for b in budgets if b >= 1.002 * native_floor})
+        native = sorted({math.ceil(native_floor * 1e4) / 1e4} | {b for b in budgets if b >= 1.002 * native_floor})
         grid += [(f"{b:g}ms-r{resolution}", b, resolution) for b in native]
     specs: dict[str, Any] = {}
     for label, b, res in grid:
