@@ -348,9 +348,10 @@ def main() -> None:
     floor = min(v for k, v in anchor_pred.items() if "smallest" in k)
     ceiling = max(v for k, v in anchor_pred.items() if "largest" in k)   # above it every budget gives the largest
     lo, hi = max(0.7 * min(lats), 1.002 * floor), min(max(1.2 * max(lats), 1.01 * floor), 1.002 * ceiling)
+    at_floor = lambda v: math.ceil(v * 1e4) / 1e4   # noqa: E731  (a budget only the smallest subnet meets)
     budgets = sorted({round(float(b), 3) for b in np.geomspace(lo, hi, GRID_BUDGETS)})
-    if lo <= 1.002 * floor:   # the floor itself: a budget only the space's smallest subnet meets
-        budgets = sorted(set(budgets) | {math.ceil(floor * 1e4) / 1e4})
+    if lo <= 1.002 * floor:
+        budgets = sorted(set(budgets) | {at_floor(floor)})
     print(f"  session scale {scale:.3f} (measured / {device_name} profile, median over {len(anchors)} anchor "
           f"subnets); the space's floor is {floor:.3f} profile ms", flush=True)
     print(f"  specializing {space.name} for {device_name} at {', '.join(f'{b:g} ms' for b in budgets)} ...", flush=True)
@@ -359,10 +360,11 @@ def main() -> None:
     # resolution pays a resize that eats most of what it saves on these tiny nets.
     grid = [(f"{b:g}ms", b, None) for b in budgets]
     if resolution in space.resolutions and len(space.resolutions) > 1:
-        native_floor = float(lat_pred.predict([space.smallest(resolution)])[0])
-        native = sorted({math.ceil(native_floor * 1e4) / 1e4} | {b for b in budgets if b >= 1.002 * native_floor})
+        native_floor = anchor_pred[f"anchor:smallest@{resolution}"]
+        native = sorted({at_floor(native_floor)} | {b for b in budgets if b >= 1.002 * native_floor})
         grid += [(f"{b:g}ms-r{resolution}", b, resolution) for b in native]
     specs: dict[str, Any] = {}
+    budget_of = {label: b for label, b, _ in grid}
     for label, b, res in grid:
         try:
             (s,) = specialize(rd.path, device=device, latency=b, calib_images=calib, measure=False, seed=args.seed,
@@ -446,7 +448,7 @@ def main() -> None:
             label, s = (max(within, key=lambda ls: ls[1].test_accuracy) if within
                         else min(feasible, key=lambda ls: both[f"ofa@{ls[0]}"]))
             k = f"ofa@{label}"
-            row.update(budget=label, budget_ms=float(label.split("ms")[0]),
+            row.update(budget=label, budget_ms=budget_of[label],
                        resolutions_searched=s.extra.get("resolutions", list(space.resolutions)),
                        ofa_arch=s.arch.to_dict(), ofa_predicted_latency_ms=s.predicted_latency_ms,
                        ofa_latency_ms=both[k], ofa_test_accuracy=s.test_accuracy,

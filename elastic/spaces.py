@@ -111,6 +111,17 @@ class SpaceSpec:
     def arch_from_dict(self, data: Any) -> Arch:
         return self.validate(Arch.from_dict(data))
 
+    def pick_resolutions(self, resolutions: Sequence[int] | None = None) -> tuple[int, ...]:
+        """The resolutions a search may use: all of the space's (None) or the given ones, sorted, each the space's."""
+        if resolutions is None:
+            return tuple(self.resolutions)
+        out = tuple(sorted({int(r) for r in resolutions}))
+        bad = [r for r in out if r not in self.resolutions]
+        if not out or bad:
+            raise OFAError(f"resolution {bad[0] if bad else '(none)'} is not one of space {self.name}'s input "
+                           f"resolutions; allowed: {', '.join(map(str, self.resolutions))}")
+        return out
+
     # ---- special archs ------------------------------------------------------------------------
     def largest(self, r: int | None = None) -> Arch:
         return Arch(

@@ -83,8 +83,6 @@ def build_constraints(latency: Any = None, macs: Any = None, params: Any = None)
 
 def parse_resolutions(value: Any, space: SpaceSpec) -> tuple[int, ...] | None:
     """'32' / '28,32' / 32 / [28, 32] -> sorted resolutions of `space`; None (all of them) stays None."""
-    from specialize.evolution import check_resolutions
-
     if value is None:
         return None
     items = value.split(",") if isinstance(value, str) else (list(value) if isinstance(value, (list, tuple)) else [value])
@@ -96,7 +94,7 @@ def parse_resolutions(value: Any, space: SpaceSpec) -> tuple[int, ...] | None:
         except ValueError:
             raise OFAError(f"bad resolution '{item}': give pixels as whole numbers, e.g. 32 or 28,32 "
                            f"(space {space.name} has {', '.join(map(str, space.resolutions))})") from None
-    return check_resolutions(space, out)
+    return space.pick_resolutions(out)
 
 
 def file_digest(path: Path) -> str:

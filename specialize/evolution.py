@@ -53,7 +53,7 @@ class Genome:
         self.nb, self.ns = nb, ns
         self.ks = np.asarray(space.ks_choices)
         self.e = np.asarray(space.e_choices)
-        self.r = np.asarray(check_resolutions(space, resolutions))   # the resolution gene indexes these only
+        self.r = np.asarray(space.pick_resolutions(resolutions))   # the resolution gene indexes these only
         dch = [space.depth_choices(s) for s in range(ns)]
         self.d_table = np.array([list(c) + [c[-1]] * (max(map(len, dch)) - len(c)) for c in dch])
         self.n_opts = np.array([len(self.ks)] * nb + [len(self.e)] * nb + [len(c) for c in dch] + [len(self.r)])
@@ -163,18 +163,6 @@ class Genome:
         out = np.repeat(g[None, :], len(genes), axis=0)
         out[np.arange(len(genes)), genes] = vals
         return out
-
-
-def check_resolutions(space: SpaceSpec, resolutions: Sequence[int] | None) -> tuple[int, ...]:
-    """The resolutions a search may pick: all of the space's (None) or the given ones, each one of the space's."""
-    if resolutions is None:
-        return tuple(space.resolutions)
-    out = tuple(sorted({int(r) for r in resolutions}))
-    bad = [r for r in out if r not in space.resolutions]
-    if not out or bad:
-        raise OFAError(f"resolution {bad[0] if bad else '(none)'} is not one of space {space.name}'s input "
-                       f"resolutions; allowed: {', '.join(map(str, space.resolutions))}")
-    return out
 
 
 def _arch(ks: list[int], e: list[int], d: list[int], r: int) -> Arch:
@@ -328,7 +316,7 @@ def search(space: SpaceSpec, acc_pred: Any, lat_pred: Any = None,
     input resolutions searched (default: all of the space's; one value fixes it). `overrides` set
     EvolutionConfig fields (population=, generations=, patience=, seed=, ...).
     """
-    res = check_resolutions(space, resolutions)
+    res = space.pick_resolutions(resolutions)
     cfg = config or EvolutionConfig()
     if overrides:
         cfg = EvolutionConfig(**{**cfg.__dict__, **overrides})
@@ -670,7 +658,7 @@ def pareto_sweep(space: SpaceSpec, acc_pred: Any, lat_pred: Any = None, n_budget
         raise OFAError(f"number of budgets for a Pareto sweep must be >= 1, got {n_budgets}")
     if metric == "latency_ms" and lat_pred is None:
         metric = "macs"
-    res = check_resolutions(space, resolutions)
+    res = space.pick_resolutions(resolutions)
     ends = [space.smallest(min(res)), space.largest(max(res))]
     if metric == "latency_ms":
         lo, hi = (float(v) for v in lat_pred.predict(ends))
@@ -682,4 +670,4 @@ def pareto_sweep(space: SpaceSpec, acc_pred: Any, lat_pred: Any = None, n_budget
     return search(space, acc_pred, lat_pred, [make(v) for v in budgets], config=config, resolutions=res, **overrides)
 
 
-__all__ = ["EvolutionConfig", "Genome", "check_resolutions", "SearchOutcome", "SearchResult", "pareto_front", "pareto_sweep", "search"]
+__all__ = ["EvolutionConfig", "Genome", "SearchOutcome", "SearchResult", "pareto_front", "pareto_sweep", "search"]

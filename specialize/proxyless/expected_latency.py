@@ -38,10 +38,7 @@ from elastic.spaces import SpaceSpec
 class SupernetLatencyTable:
     def __init__(self, space: SpaceSpec, predictor: Any, resolutions: Sequence[int] | None = None):
         self.space = sp = space
-        self.resolutions = tuple(resolutions or sp.resolutions)
-        for r in self.resolutions:
-            if r not in sp.resolutions:
-                raise OFAError(f"resolution {r} is not in space {sp.name}; allowed: {list(sp.resolutions)}")
+        self.resolutions = sp.pick_resolutions(resolutions or None)
         k0, e0 = min(sp.ks_choices), min(sp.e_choices)
         dmin = tuple(min(sp.depth_choices(s)) for s in range(sp.n_stages))
         dmax = tuple(max(sp.depth_choices(s)) for s in range(sp.n_stages))

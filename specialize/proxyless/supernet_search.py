@@ -340,7 +340,7 @@ def search_over_supernet(supernet: nn.Module, latency: Any, budget_ms: float, ba
         raise OFAError(f"latency budget must be a positive number, got {budget_ms!r}")
     t0 = time.time()
     if isinstance(latency, SupernetLatencyTable):
-        res = tuple(resolutions or latency.resolutions)
+        res = space.pick_resolutions(resolutions) if resolutions else tuple(latency.resolutions)
         if not cfg.search_resolution:
             res = (max(res),)
         table, predictor = latency, None
@@ -350,7 +350,7 @@ def search_over_supernet(supernet: nn.Module, latency: Any, budget_ms: float, ba
     else:
         if not hasattr(latency, "predict"):
             raise OFAError("latency must be a latency predictor (with .predict(archs)) or a SupernetLatencyTable")
-        res = tuple(resolutions or space.resolutions)
+        res = space.pick_resolutions(resolutions or None)
         if not cfg.search_resolution:
             res = (max(res),)
         table, predictor = SupernetLatencyTable(space, latency, res), latency
