@@ -10,7 +10,7 @@ from predictors.accuracy import AccuracyPredictor, fit_accuracy_predictor, forma
 from predictors.encoding import OneHotEncoding, arch_arrays, arch_macs_params, rich_features
 from predictors.ofa_predictor import SHIPPED, load_ofa_predictor
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parent / "data"
 
 
 @pytest.fixture(autouse=True)
@@ -144,15 +144,28 @@ def test_shipped_ofa_predictor_is_batched_and_sensible():
     assert 0.70 < lo < hi < 0.90 and ((batch > lo) & (batch < hi)).mean() > 0.9
 
 
-def test_shipped_file_equals_the_original_pth():
-    src = SHARED / "ofa_predictor" / "mbv3-w1.2_imagenet_acc_predictor.pth"
-    if not src.exists():
-        pytest.skip("reference data not present")
-    import torch
+def test_shipped_file_equals_the_original_pth(tmp_path):
+    """The shipped safetensors hold OFA's original `.pth` tensors bit for bit (digests of the original's tensors in
+    tests/data), a `.pth` state dict of them loads to the same predictor, and our numpy forward equals torch's."""
+    import hashlib
 
+    import torch
+    from safetensors.numpy import load_file
+
+    digest = json.loads((DATA / "ofa_predictor" / "mbv3-w1.2_imagenet_acc_predictor.digest.json").read_text())
+    shipped = load_file(str(SHIPPED))
+    assert sorted(shipped) == sorted(digest["tensor_sha256"])
+    for key, want in digest["tensor_sha256"].items():
+        arr = np.ascontiguousarray(shipped[key])
+        assert arr.dtype == np.float32 and list(arr.shape) == digest["tensor_shape"][key]
+        assert hashlib.sha256(arr.tobytes()).hexdigest() == want, key
+    src = tmp_path / "mbv3-w1.2_imagenet_acc_predictor.pth"
+    torch.save({k: torch.from_numpy(v.copy()) for k, v in shipped.items()}, src)
     a, b = load_ofa_predictor(), load_ofa_predictor(src)
     sp = a.space
-    archs = [sp.sample(random.Random(1)) for _ in range(32)]
+    rng = random.Random(1)
+    archs = [sp.sample(rng) for _ in range(32)]
+    assert len(set(archs)) == 32
     np.testing.assert_array_equal(a.predict(archs), b.predict(archs))
     # and our numpy forward equals the original torch nn.Sequential
     sd = torch.load(src, weights_only=True, map_location="cpu")

@@ -7,7 +7,7 @@ import pytest
 from elastic import Arch, OFAError, get_space, net_macs
 from elastic.spaces import SPACES
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parent / "data"
 
 
 def test_arch_json_round_trip_and_hash():
@@ -62,9 +62,7 @@ def test_unknown_space_lists_known():
 
 @pytest.mark.parametrize("name", ["mbv3-w1.0", "mbv3-w1.2", "proxyless-w1.3"])
 def test_net_spec_matches_reference_net_configs(name):
-    path = SHARED / "ofa_reference" / f"{name}.json"
-    if not path.exists():
-        pytest.skip("shared reference data not present")
+    path = DATA / "ofa_reference" / f"{name}.json"
     data = json.loads(path.read_text())
     sp = get_space(name, n_classes=data["n_classes"])
     for case in data["cases"]:

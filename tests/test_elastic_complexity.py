@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import random
-import time
 from dataclasses import replace
 
 import numpy as np
@@ -61,17 +60,17 @@ def test_macs_match_a_hook_count_on_the_static_net(name):
         assert params(space, [arch])[0] == n_params
 
 
-def test_ten_thousand_archs_are_fast():
+def test_a_batch_of_ten_thousand_equals_one_arch_at_a_time():
+    """Batched counting is exact per arch, whatever else is in the batch (its speed: bench/batch_speed.py)."""
     space = get_space("mbv3-w1.2")
     rng = random.Random(2)
     archs = [space.sample(rng) for _ in range(10_000)]
-    macs(space, archs[:2])
-    t = time.perf_counter()
     m = macs(space, archs)
     p = params(space, archs)
-    elapsed = time.perf_counter() - t
     assert m.shape == p.shape == (10_000,)
-    assert elapsed < 0.5, elapsed
+    for i in rng.sample(range(10_000), 40):
+        assert macs(space, [archs[i]])[0] == m[i] and params(space, [archs[i]])[0] == p[i]
+    assert len(np.unique(m)) > 9_000   # not a constant or a broadcast of one row
 
 
 def test_invalid_archs_are_clear_errors():

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import random
-import time
 from dataclasses import replace
 
 import pytest
@@ -88,19 +87,6 @@ def test_extracted_net_owns_its_weights():
         for p in net.parameters():
             p.sub_(0.5)
     torch.testing.assert_close(before, after, rtol=0, atol=0)
-
-
-def test_extract_is_fast():
-    space = get_space("mbv3-w1.0")
-    net = Supernet(space)
-    arch = space.largest()
-    net.extract(arch)
-    times = []
-    for _ in range(5):
-        t = time.process_time()
-        net.extract(arch)
-        times.append(time.process_time() - t)
-    assert min(times) < 0.1, times  # < 50 ms on an idle core; shared CI cores get headroom
 
 
 def test_kernel_transform_follows_ofa():

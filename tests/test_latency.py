@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import random
 import re
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from predictors.lut import LayerTable
 from predictors.net_config import load_net_config, netspec_from_json
 from predictors.profiles import Profile, list_devices, load_profile
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "latency"
+LATENCY_DATA = Path(__file__).resolve().parent / "data" / "latency"
 CASES = [("note10", "mbv3-w1.2"), ("pixel1", "mbv3-w1.0"), ("pixel1", "proxyless-w1.3"), ("flops", "mbv3-w1.0-small"),
          ("params", "proxyless-w1.3-small"), ("note10", "mbv3-w1.0")]
 
@@ -55,14 +54,17 @@ def test_proxies_equal_analytic_counts():
 
 
 @pytest.mark.parametrize("device,space_name", CASES[:4])
-def test_predicting_10k_archs_is_fast(device, space_name):
+def test_a_batch_of_10k_archs_equals_one_at_a_time(device, space_name):
+    """Batched prediction is exact per arch, whatever else is in the batch (its speed: bench/batch_speed.py)."""
     space = get_space(space_name)
     pred = get_latency_predictor(device, space)
     archs = _archs(space, 498, seed=1) * 20  # 10,000 archs (sampling them all would dominate the test)
-    t0 = time.perf_counter()
     out = pred.predict(archs)
-    assert time.perf_counter() - t0 < 0.5
-    assert out.shape == (10_000,)
+    assert out.shape == (10_000,) and np.isfinite(out).all()
+    np.testing.assert_array_equal(out, np.tile(out[:500], 20))
+    for i in random.Random(3).sample(range(500), 25):
+        assert float(pred.predict([archs[i]])[0]) == pytest.approx(float(out[i]), rel=1e-12)
+    assert len(np.unique(out[:500])) > 400
 
 
 def test_resolution_changes_latency_monotonically():
@@ -85,21 +87,18 @@ def test_lut_is_exact_and_interpolates_across_size():
     assert table.lookup(Layer("conv", 224, 3, 32, 3, 2, 0, 0, 1, 0)) is None  # other width: not in the table
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason="shared reference data not present")
 def test_note10_table_entries_are_used_verbatim():
     import yaml
 
-    data = yaml.safe_load((SHARED / "luts" / "note10_mbv3w1.2_224.yaml").read_text())
+    data = yaml.safe_load((LATENCY_DATA / "luts" / "note10_mbv3w1.2_224.yaml").read_text())
     key = next(k for k in data if k.startswith("Conv-input:224"))
     pred = get_latency_predictor("note10")
     assert pred.layer_cost(Layer("conv", 224, 3, 24, 3, 2, 0, 0, 1, 0)) == pytest.approx(data[key]["mean"], rel=1e-12)
 
 
 def _published(prefix):
-    if not SHARED.is_dir():
-        pytest.skip("shared reference data not present")
     out = []
-    for f in sorted((SHARED / "published_nets").glob(f"{prefix}_lat-*.json")):
+    for f in sorted((LATENCY_DATA / "published_nets").glob(f"{prefix}_lat-*.json")):
         cfg = json.loads(f.read_text())
         out.append((cfg["name"], float(re.search(r"lat-(\d+)ms", cfg["name"]).group(1)), netspec_from_json(cfg)))
     return out
@@ -113,14 +112,39 @@ def test_note10_published_nets():
     assert all(abs(e) < 0.05 for e in errs.values()), errs
 
 
-def test_pixel1_published_nets_and_proxyless_mobile():
+def test_pixel1_profile_is_the_published_table_times_one_scale_and_holds_out():
+    """The shipped pixel1 profile is the published Pixel 1 table times one scale, calibrated on the four published
+    pixel1_* nets and ProxylessNAS-Mobile. Its error is checked here, not read from the profile: each of those five
+    nets is priced with the scale refit without it (leave-one-out), and ProxylessNAS-Mobile-14, never used for
+    calibration, is priced as it ships."""
+    import yaml
+
+    prof = load_profile("pixel1")
+    table = yaml.safe_load((LATENCY_DATA / "luts" / "pixel1_proxyless_224.yaml").read_text())
+    published_ms = np.sort([float(v["mean"]) for v in table.values()])
+    shipped_ms = np.sort(np.array(list(prof.lut.entries.values()), dtype=float))
+    assert len(shipped_ms) == len(published_ms) == len(table)
+    ratio = shipped_ms / published_ms
+    assert ratio.max() - ratio.min() < 1e-9 and 0.5 < ratio[0] < 1.5
     pred = get_latency_predictor("pixel1")
-    for name, target, net in _published("pixel1"):
-        assert abs(pred.predict_net(net) / target - 1) < 0.10, name
-    mobile = load_net_config(SHARED / "published_nets" / "proxyless_mobile.config.json")
-    assert abs(pred.predict_net(mobile) / 78.0 - 1) < 0.10
-    err = load_profile("pixel1").error
-    assert err["published_loo_mape_pct"] < 10
+    refs = json.loads((LATENCY_DATA / "published_latencies_ms.json").read_text())["pixel1"]
+    nets = _published("pixel1")
+    nets.append(("proxyless_mobile", refs["proxyless_mobile"],
+                 load_net_config(LATENCY_DATA / "published_nets" / "proxyless_mobile.config.json")))
+    assert len(nets) == 5
+    pm = np.array([pred.predict_net(net) for _, _, net in nets])
+    target = np.array([t for _, t, _ in nets])
+    # a global scale fit by relative least squares is sum(b) / sum(b^2) over b = predicted / target of the nets it
+    # is fit on; leaving net i out multiplies its prediction by that ratio over the other nets (the scale cancels)
+    b = pm / target
+    for i, (name, _, _) in enumerate(nets):
+        rest = np.arange(len(nets)) != i
+        loo = pm[i] * b[rest].sum() / (b[rest] ** 2).sum()
+        assert abs(loo / target[i] - 1) < 0.05, (name, loo, target[i])
+    assert abs(b.mean() - 1) < 0.03   # the scale was fit on them: no bias left
+    held_out = load_net_config(LATENCY_DATA / "published_nets" / "proxyless_mobile_14.config.json")
+    # 123 ms against the published 147 ms (-16%): most of its width-1.4 layers are not in the table (regression)
+    assert abs(pred.predict_net(held_out) / refs["proxyless_mobile_14"] - 1) < 0.20
 
 
 def test_devices_listing_has_kinds_provenance_and_errors():
@@ -209,9 +233,8 @@ def test_cli_latency_json_and_errors(tmp_path, capsys):
     assert code == 0 and {"pixel1", "note10"} <= {r["name"] for r in json.loads(out)}
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason="shared reference data not present")
 def test_cli_latency_of_ofa_net_config(capsys):
-    path = SHARED / "published_nets" / "note10_lat-50ms_top1-79.7_finetune-75.json"
+    path = LATENCY_DATA / "published_nets" / "note10_lat-50ms_top1-79.7_finetune-75.json"
     code, out, _ = _cli(["latency", "--device", "note10", "--config", str(path), "--json"], capsys)
     assert code == 0 and abs(json.loads(out)["latency_ms"] - 50) < 2.5
 
