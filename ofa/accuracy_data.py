@@ -138,20 +138,49 @@ def _header() -> str:
     return ",".join(COLUMNS) + "\n"
 
 
-# ---- collection -----------------------------------------------------------------------------------
-def collect(space: SpaceSpec, csv_path: str | os.PathLike, n: int, evaluate: Callable[[Arch], float], *,
-            settings: dict[str, Any] | None = None, seed: int = 0, resume: bool = False,
-            progress: bool = True) -> AccuracyDataset:
-    """Measure the first `n` subnets of the plan that the CSV does not hold yet, appending as it goes.
+# ---- shards of a collection over several processes ------------------------------------------------
+def shard_path(csv_path: str | os.PathLike, rank: int) -> Path:
+    """Where process `rank` of a multi-process collection appends its rows (merged into the CSV at the end)."""
+    p = Path(csv_path)
+    return p.with_name(f"{p.stem}.rank{rank}{p.suffix}")
 
-    `evaluate(arch) -> accuracy in [0, 1]`. Without `resume`, an existing non-empty dataset is an error.
-    """
-    if n < 1:
-        raise OFAError(f"number of samples must be >= 1, got {n}")
+
+def merge_shards(csv_path: str | os.PathLike, space: SpaceSpec | None = None) -> int:
+    """Fold every shard file beside `csv_path` into it, rows in plan order (the `index` column, as one process
+    writes them), each subnet once; then remove the shards. Returns the rows added. A shard's torn last line (its
+    process killed mid-write) is left out. Safe to repeat: the CSV is rewritten atomically before any shard goes."""
     csv_path = Path(csv_path)
+    shards = sorted(csv_path.parent.glob(f"{csv_path.stem}.rank*{csv_path.suffix}"))
+    if not shards:
+        return 0
+    main = read_dataset(csv_path, space, repair=True)
+    rows = {a: r for a, r in zip(_canonical(main.archs, space), main.rows)}
+    before = len(rows)
+    for shard in shards:
+        part = read_dataset(shard, space)
+        for a, r in zip(_canonical(part.archs, space), part.rows):
+            rows.setdefault(a, r)
+    if len(rows) > before:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        for r in sorted(rows.values(), key=lambda r: int(r["index"])):
+            writer.writerow([r[c] for c in COLUMNS])
+        atomic.write_text(csv_path, _header() + buf.getvalue())
+    for shard in shards:
+        shard.unlink(missing_ok=True)
+    return len(rows) - before
+
+
+def _canonical(archs: Sequence[Arch], space: SpaceSpec | None) -> list[Arch]:
+    return [space.canonical(a) for a in archs] if space is not None else list(archs)
+
+
+# ---- collection -----------------------------------------------------------------------------------
+def _prepare(space: SpaceSpec, csv_path: Path, meta: dict[str, Any], resume: bool) -> None:
+    """One process's checks before a collection: leftover shards merged, settings compared, header written."""
     meta_path = csv_path.with_suffix(".json")
     csv_path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"space": space.to_dict(), "seed": seed, **(settings or {})}
+    merge_shards(csv_path, space)
     existing = read_dataset(csv_path, space, repair=True)
     if len(existing) and not resume:
         raise OFAError(f"{csv_path} already holds {len(existing)} measured subnets; pass --resume to continue "
@@ -169,18 +198,54 @@ def collect(space: SpaceSpec, csv_path: str | os.PathLike, n: int, evaluate: Cal
     if not csv_path.exists() or csv_path.stat().st_size == 0:
         atomic.write_text(csv_path, _header())
 
-    done = {space.canonical(a) for a in existing.archs}
+
+def collect(space: SpaceSpec, csv_path: str | os.PathLike, n: int, evaluate: Callable[[Arch], float], *,
+            settings: dict[str, Any] | None = None, seed: int = 0, resume: bool = False,
+            progress: bool = True, channel=None) -> AccuracyDataset:
+    """Measure the first `n` subnets of the plan that the CSV does not hold yet, appending as it goes.
+
+    `evaluate(arch) -> accuracy in [0, 1]`. Without `resume`, an existing non-empty dataset is an error.
+    `channel` (an `ofa.training.distributed.ObjectChannel`, several processes): the unmeasured subnets are dealt
+    round robin over the ranks, each appends its rows to its own shard file (`shard_path`), and when all are done
+    rank 0 merges the shards into the CSV, which then equals a one-process collection's (but for `seconds`). Each
+    subnet's accuracy depends on the subnet alone, so any number of processes, and a resume on any other number
+    after a kill of any of them, give the same dataset. Every rank returns the merged dataset.
+    """
+    if n < 1:
+        raise OFAError(f"number of samples must be >= 1, got {n}")
+    csv_path = Path(csv_path)
+    rank, world = (channel.info.rank, channel.info.world) if channel is not None else (0, 1)
+    meta = {"space": space.to_dict(), "seed": seed, **(settings or {})}
+    error = None
+    if rank == 0:
+        try:
+            _prepare(space, csv_path, meta, resume)
+        except OFAError as exc:
+            if channel is None:
+                raise
+            error = str(exc)
+    if channel is not None:
+        channel.raise_first_error(error)   # also the barrier: nobody reads the CSV before rank 0 has merged it
+
+    existing = read_dataset(csv_path, space)
+    done = set(_canonical(existing.archs, space))
     todo = [(i, a) for i, a in enumerate(plan_subnets(space, n, seed)) if a not in done]
+    mine = todo[rank::world]
+    target = csv_path if world == 1 else shard_path(csv_path, rank)
+    if world > 1:
+        atomic.write_text(target, _header())
     archs, accs, rows = list(existing.archs), list(existing.accuracies), list(existing.rows)
-    if todo:
+    if mine:
         from elastic.netspec import net_macs, net_params
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        cols = (TextColumn("[bold]measuring subnets"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        what = "measuring subnets" if world == 1 else f"measuring subnets (rank 0's share of {len(todo)}, {world} ranks)"
+        cols = (TextColumn(f"[bold]{what}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                 TextColumn("{task.fields[last]}"))
-        with Progress(*cols, disable=not progress, transient=False) as bar:
-            task = bar.add_task("subnets", total=n, completed=n - len(todo), last="")
-            for i, arch in todo:
+        with Progress(*cols, disable=not (progress and rank == 0), transient=False) as bar:
+            total, left = (n, len(todo)) if world == 1 else (len(mine), len(mine))
+            task = bar.add_task("subnets", total=total, completed=total - left, last="")
+            for i, arch in mine:
                 t = time.perf_counter()
                 acc = float(evaluate(arch))
                 if not 0.0 <= acc <= 1.0:
@@ -189,21 +254,31 @@ def collect(space: SpaceSpec, csv_path: str | os.PathLike, n: int, evaluate: Cal
                 row = {"index": i, "arch": arch.to_json(), "resolution": arch.r, "depth": sum(arch.d),
                        "macs": net_macs(spec), "params": net_params(spec), "accuracy": f"{acc:.6f}",
                        "seconds": f"{time.perf_counter() - t:.3f}"}
-                _append_row(csv_path, row)
+                _append_row(target, row)
                 archs.append(arch)
                 accs.append(round(acc, 6))
                 rows.append(row)
                 bar.update(task, advance=1, last=f"last {100 * acc:.2f}% ({arch.summary()[:24]})")
-    return AccuracyDataset(archs, accs, rows)
+    if world == 1:
+        return AccuracyDataset(archs, accs, rows)
+    channel.wait()                   # the slowest rank may take long: a wait of up to LONG_WAIT
+    if rank == 0:
+        merge_shards(csv_path, space)
+    channel.wait()
+    return read_dataset(csv_path, space)
 
 
 def collect_from_run(run_path: str | os.PathLike, n: int, *, seed: int = 0, resume: bool = False,
                      calib_images: int = 2000, split: str = "val", limit: int | None = None,
                      device: str | None = None, threads: int | None = None, progress: bool = True) -> AccuracyDataset:
-    """`collect` with the run's supernet, data and space: BN-recalibrated, evaluated on the validation split."""
+    """`collect` with the run's supernet, data and space: BN-recalibrated, evaluated on the validation split.
+
+    `device`: the compute device (auto, cpu, cuda, cuda:N). Under torchrun the subnets are shared out over the
+    processes, each on its own device (`cuda`: the GPU of its LOCAL_RANK), and rank 0 merges their rows."""
     import torch
 
     from ofa.run_dir import RunDir
+    from ofa.training.distributed import ObjectChannel, init_distributed
     from ofa.training.evaluate import evaluate_arch
 
     run = RunDir(run_path)
@@ -212,7 +287,8 @@ def collect_from_run(run_path: str | os.PathLike, n: int, *, seed: int = 0, resu
         if threads < 1:
             raise OFAError(f"threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    info = init_distributed(device)
+    dev = info.device
     csv_path, _ = dataset_paths(run.path)
     settings = {"data": run.data_config(), "split": split, "calib_images": calib_images, "limit": limit}
     state: dict[str, Any] = {}
@@ -224,7 +300,10 @@ def collect_from_run(run_path: str | os.PathLike, n: int, *, seed: int = 0, resu
             state["calib"] = {}
         return evaluate_arch(state["net"], arch, state["data"], split, calib_images, dev, limit, state["calib"])
 
-    return collect(space, csv_path, n, evaluate, settings=settings, seed=seed, resume=resume, progress=progress)
+    channel = ObjectChannel(info) if info.distributed else None
+    return collect(space, csv_path, n, evaluate, settings=settings, seed=seed, resume=resume, progress=progress,
+                   channel=channel)
 
 
-__all__ = ["AccuracyDataset", "COLUMNS", "collect", "collect_from_run", "dataset_paths", "plan_subnets", "read_dataset"]
+__all__ = ["AccuracyDataset", "COLUMNS", "collect", "collect_from_run", "dataset_paths", "merge_shards", "plan_subnets",
+           "read_dataset", "shard_path"]

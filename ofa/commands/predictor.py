@@ -9,11 +9,13 @@ import typer
 
 from elastic.errors import OFAError
 from ofa.cli import app
+from ofa.compute_device_option import DEPRECATED_HELP, HELP, compute_device_from_options
 
 
 @app.command("fit-predictor")
 def fit_predictor_cmd(
-    run: Path = typer.Option(..., "--run", help="Run directory of a trained supernet."),
+    run: Path = typer.Option(..., "--run", "--run-dir", help="Run directory of a trained supernet (under torchrun "
+                                                         "write --run-dir: torchrun reads --run as its own)."),
     samples: int = typer.Option(300, "--samples", help="Subnets to measure (the dataset grows to this many)."),
     resume: bool = typer.Option(False, "--resume", help="Continue / extend an existing acc_dataset.csv."),
     kinds: str = typer.Option("mlp,gbr,gp,ridge", "--kinds", help="Predictor kinds to choose from by K-fold CV."),
@@ -22,7 +24,9 @@ def fit_predictor_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of the subnet plan and the splits."),
     calib_images: int = typer.Option(2000, "--calib-images", help="Training images for BN recalibration."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate on at most this many validation images."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda (default: cuda when present)."),
+    compute_device: Optional[str] = typer.Option(None, "--compute-device", help=HELP + " Default: auto. Under "
+                                                 "torchrun the subnets are shared out over the processes."),
+    device: Optional[str] = typer.Option(None, "--device", hidden=True, help=DEPRECATED_HELP),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for evaluation (default: torch's)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
@@ -43,13 +47,18 @@ def fit_predictor_cmd(
                                ("--threads", threads, 1)):
         if value is not None and value < least:
             raise OFAError(f"{name} must be >= {least}, got {value}")
-    if device is not None and device != "cpu" and not (device == "cuda" or device.startswith("cuda:")):
-        raise OFAError(f"unknown --device '{device}'; allowed: cpu, cuda")
+    compute = compute_device_from_options(compute_device, device, "fit-predictor")
     check_dataset_size(samples, folds, holdout)  # before any subnet is measured
     rd = RunDir(run)
     space = rd.load_space()
+    from ofa.training.distributed import init_distributed, shutdown
+
+    info = init_distributed(compute)   # under torchrun: this process's share of the subnets, on its device
     data = collect_from_run(rd.path, samples, seed=seed, resume=resume, calib_images=calib_images, limit=limit,
-                            device=device, threads=threads, progress=not as_json)
+                            device=compute, threads=threads, progress=not as_json)
+    shutdown(info)
+    if not info.is_main:   # rank 0 fits and saves the predictor
+        return
     pred = fit_accuracy_predictor(space, data.archs, data.accuracies, kinds=kind_list, folds=folds, holdout=holdout,
                                   seed=seed)
     pred.meta.update({"run": str(rd.path), "dataset": str(dataset_paths(rd.path)[0].name)})

@@ -21,6 +21,7 @@ import typer
 
 from elastic.errors import OFAError
 from ofa.cli import app
+from ofa.compute_device_option import HELP
 
 
 def _ints(text: str, what: str) -> tuple[int, ...]:
@@ -33,12 +34,13 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
     return vals
 
 
-def _cycle(bundle, split: str, batch_size: int, resolution: int, seed: int) -> Iterator:
+def _cycle(bundle, split: str, batch_size: int, resolution: int, seed: int,
+           device: torch.device | None = None) -> Iterator:
     epoch = 0
     while True:
-        for batch in bundle.loader(split, batch_size=batch_size, resolution=resolution, shuffle=True,
-                                   seed=seed + 1000 * epoch):
-            yield batch
+        for x, y in bundle.loader(split, batch_size=batch_size, resolution=resolution, shuffle=True,
+                                  seed=seed + 1000 * epoch, device=device):
+            yield x, (y if device is None else y.to(device, non_blocking=True))
         epoch += 1
 
 
@@ -73,13 +75,17 @@ def proxyless_search(*, space: str = "proxyless-w1.3-small", data: str | None = 
                      budget_rounds: int = 3,
                      budget_steps: int = 50, train_steps: int = 500, train_lr: float = 0.1,
                      subset: int | None = None, eval_size: int | None = None, out: str | Path | None = None,
-                     seed: int = 0, threads: int | None = None,
+                     seed: int = 0, threads: int | None = None, compute_device: str | None = None,
                      progress: Callable[[str, int, int, dict], None] | None = None) -> dict[str, Any]:
-    """Run the standalone search and train the found net; returns (and writes to `out`) the result dict."""
+    """Run the standalone search and train the found net; returns (and writes to `out`) the result dict.
+
+    `device` is the latency profile; `compute_device` (auto, cpu, cuda, cuda:N) where the search and the training
+    run. The saved net is on the CPU."""
     from elastic.spaces import get_space
     from elastic.static_net import StaticNet
     from ofa import atomic
     from ofa.data import get_data
+    from ofa.training.distributed import pick_device
     from ofa.training.evaluate import accuracy
     from predictors.latency import get_latency_predictor
     from specialize.budget import parse_latency
@@ -87,6 +93,7 @@ def proxyless_search(*, space: str = "proxyless-w1.3-small", data: str | None = 
 
     if threads is not None:
         torch.set_num_threads(int(threads))
+    dev = pick_device(compute_device)
     torch.manual_seed(seed)
     target = parse_latency(budget)
     if batch_size < 1 or train_steps < 0:
@@ -107,23 +114,24 @@ def proxyless_search(*, space: str = "proxyless-w1.3-small", data: str | None = 
                            budget_steps=budget_steps,
                            seed=seed)
     predictor = get_latency_predictor(device, sp)
-    net = OverParamNet(sp, r, ks, es, zero)
+    net = OverParamNet(sp, r, ks, es, zero).to(dev)
     table = OpLatencyTable(sp, predictor, r, net.choices)
     cheapest = table.fixed + sum(float(lat.min()) for lat in table.op_latency)
     if cheapest > target:
         raise OFAError(f"latency budget {budget} cannot be met on {device}: the fastest net of these candidates at "
                        f"{r}px costs {cheapest:.3g} {table.unit}; raise the budget or lower --resolution")
     t0 = time.time()
-    result = search_standalone(net, table, _cycle(bundle, "train", batch_size, r, seed),
-                               _cycle(bundle, "val", batch_size, r, seed + 7), cfg, progress)
+    result = search_standalone(net, table, _cycle(bundle, "train", batch_size, r, seed, dev),
+                               _cycle(bundle, "val", batch_size, r, seed + 7, dev), cfg, progress)
     search_s = time.time() - t0
     del net
-    static = StaticNet(result.net_spec, arch=result.arch)
+    static = StaticNet(result.net_spec, arch=result.arch).to(dev)
     t1 = time.time()
-    losses = train_static(static, _cycle(bundle, "train", batch_size, r, seed + 13), train_steps, train_lr,
+    losses = train_static(static, _cycle(bundle, "train", batch_size, r, seed + 13, dev), train_steps, train_lr,
                           log=(lambda s, l: progress("train", s, train_steps, {"ce": l})) if progress else None)
     train_s = time.time() - t1
-    test_acc = accuracy(static, bundle, "test", r) if train_steps > 0 else None
+    test_acc = accuracy(static, bundle, "test", r, device=dev) if train_steps > 0 else None
+    static = static.cpu()
     summary = {
         "space": sp.name, "device": device, "budget": budget, "target": target, "unit": table.unit, "resolution": r,
         "data": bundle.config, "candidates": {"kernels": list(ks), "expands": list(es), "zero": zero},
@@ -188,6 +196,7 @@ def proxyless_search_cmd(
     out: Path = typer.Option(Path("checkpoints/proxyless-search"), "--out", help="Output directory."),
     seed: int = typer.Option(0, "--seed"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads."),
+    compute_device: Optional[str] = typer.Option(None, "--compute-device", help=HELP + " Default: auto."),
     no_progress: bool = typer.Option(False, "--no-progress"),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
@@ -214,7 +223,7 @@ def proxyless_search_cmd(
             beta=beta, lam=lam, estimator=estimator, one_sided=not two_sided, budget_rounds=budget_rounds,
             budget_steps=budget_steps,
             train_steps=train_steps, train_lr=train_lr, subset=subset, eval_size=eval_size, out=out, seed=seed,
-            threads=threads, progress=progress)
+            threads=threads, compute_device=compute_device, progress=progress)
     if as_json:
         print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
         return

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from ofa.cli import app
+from ofa.compute_device_option import DEPRECATED_HELP, HELP, compute_device_from_options
 
 
 @app.command("train")
@@ -24,6 +25,10 @@ def train_cmd(
     resolutions: Optional[str] = typer.Option(None, "--resolutions", help="Comma-separated input resolutions "
                                               "replacing the space's (e.g. 24,28,32)."),
     schedule: str = typer.Option("full", "--schedule", help="full | quick (the under-10-minute CPU schedule)."),
+    time_budget: Optional[str] = typer.Option(
+        None, "--time-budget", help="Fit the training into this time, e.g. 15m, 900s, 1h30m: measures this machine "
+                                    "in a few steps, then scales the schedule's steps (its phase split kept); the "
+                                    "plan is stored in RUN/time_budget.json. Default: the schedule's fixed steps."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs of each stage (phase 1 of depth/expand: a quarter)."),
     full_epochs: Optional[int] = typer.Option(None, "--full-epochs", help="Epochs of the full stage (default: --epochs)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Global batch size."),
@@ -64,7 +69,13 @@ def train_cmd(
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment",
                                            help="Random shifts/flips (default: on, off in the quick schedule)."),
     dropout: Optional[float] = typer.Option(None, "--dropout", help="Override the space's dropout."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    compute_device: Optional[str] = typer.Option(None, "--compute-device", help=HELP + " Default: auto."),
+    device: Optional[str] = typer.Option(None, "--device", hidden=True, help=DEPRECATED_HELP),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16: mixed precision (autocast; fp16 "
+                                                              "with a gradient scaler). GPU; bf16 also runs on CPU."),
+    channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last",
+                                       help="Channels-last (NHWC) layout of activations and weights (default: on, "
+                                            "measured faster on CPU; bench/gpu_check.sh measures both on a GPU)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads."),
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
     resume: bool = typer.Option(False, "--resume", help="Continue from train_state.pt (its config wins)."),
@@ -77,6 +88,7 @@ def train_cmd(
 
     from ofa.training import TrainConfig, train
     from ofa.training.schedule import parse_phase_steps
+    from ofa.training.time_budget import parse_budget_option
 
     data_cfg = {"name": data}
     if data_root is not None:
@@ -105,10 +117,12 @@ def train_cmd(
         warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, seed=seed, n_subnets=n_subnets,
         sandwich=sandwich, kd_ratio=kd_ratio, max_steps=max_steps, elastic_max_steps=elastic_max_steps,
         elastic_lr_scale=elastic_lr_scale, phase_steps=parse_phase_steps(phase_steps) if phase_steps else None,
+        time_budget=parse_budget_option(time_budget),
         kd_teacher=kd_teacher, save_every=save_every,
         eval_subnets=eval_subnets, eval_split=eval_split, stage_eval=not no_stage_eval, augment=augment,
         bn_mode=bn_mode, dropout=dropout,
-        device=device, threads=threads, workers=workers, overwrite=overwrite, progress=not no_progress,
+        device=compute_device_from_options(compute_device, device, "train"), precision=precision,
+        channels_last=channels_last, threads=threads, workers=workers, overwrite=overwrite, progress=not no_progress,
     )
     console = Console(stderr=True)
     summary = train(cfg, resume=resume, log=lambda m: console.print(m, highlight=False, markup=False),

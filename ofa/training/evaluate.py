@@ -22,8 +22,8 @@ def calibration_batches(bundle: DataBundle, resolution: int, n_images: int, batc
     n_images = min(n_images, len(bundle.train))
     out, seen = [], 0
     for x, _ in bundle.loader("train", batch_size=min(batch_size, n_images), resolution=resolution, shuffle=True,
-                              seed=seed):
-        out.append(x[: n_images - seen].to(device))
+                              seed=seed, device=device):
+        out.append(x[: n_images - seen])
         seen += len(out[-1])
         if seen >= n_images:
             break
@@ -35,8 +35,8 @@ def accuracy(net: torch.nn.Module, bundle: DataBundle, split: str, resolution: i
              device: torch.device | str = "cpu", limit: int | None = None) -> float:
     net.eval()
     correct = total = 0
-    for x, y in bundle.loader(split, batch_size=batch_size, resolution=resolution, limit=limit):
-        pred = net(x.to(device)).argmax(1).cpu()
+    for x, y in bundle.loader(split, batch_size=batch_size, resolution=resolution, limit=limit, device=device):
+        pred = net(x).argmax(1).cpu()
         correct += int((pred == y).sum())
         total += len(y)
     return correct / max(total, 1)

@@ -168,7 +168,7 @@ class MixedOp(nn.Module):
 def rescale_two_paths(alpha: torch.Tensor, subset: Sequence[int], before: torch.Tensor) -> None:
     """Shift the updated logits `alpha[subset]` so their total probability mass is what it was `before` the step
     (the logits of the other paths did not move, so their probabilities are preserved)."""
-    idx = torch.as_tensor(list(subset), dtype=torch.long)
+    idx = torch.as_tensor(list(subset), dtype=torch.long, device=alpha.device)
     with torch.no_grad():
         offset = torch.logsumexp(alpha[idx], 0) - torch.logsumexp(before[idx], 0)
         alpha[idx] -= offset

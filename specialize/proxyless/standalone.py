@@ -124,7 +124,7 @@ def search_standalone(net: OverParamNet, table: OpLatencyTable, train_batches: B
         feasible_by = f"strengthened ({', '.join(changes)})"
     idx = net.chosen()
     if lat > cfg.target:
-        log_probs = [F.log_softmax(m.alpha.detach().double(), 0).numpy() for m in mixed]
+        log_probs = [F.log_softmax(m.alpha.detach().double(), 0).cpu().numpy() for m in mixed]
         lat_before = lat
         idx, lat, moves = greedy_to_budget(idx, log_probs, lambda rows: np.array([table.of_choice(r) for r in rows]),
                                            cfg.target)

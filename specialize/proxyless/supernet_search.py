@@ -466,7 +466,7 @@ def search_over_supernet(supernet: nn.Module, latency: Any, budget_ms: float, ba
             feasible_by = f"strengthened ({', '.join(changes)})"
         if lat > budget_ms:
             lat_before = lat
-            log_probs = [F.log_softmax(c.detach().double(), -1).numpy() for c in alphas.choices()]
+            log_probs = [F.log_softmax(c.detach().double(), -1).cpu().numpy() for c in alphas.choices()]
             idx, lat, moves = greedy_to_budget(alphas.argmax_indices(), log_probs,
                                                lambda rows: lat_of_archs([alphas.decode(r) for r in rows]),
                                                float(budget_ms))
@@ -475,7 +475,7 @@ def search_over_supernet(supernet: nn.Module, latency: Any, budget_ms: float, ba
             note = (f"the most probable arch ({lat_before:.4g}) missed the budget {budget_ms:g} after {rounds} "
                     f"strengthening round(s); moved {moves} choice(s) to cheaper values to meet it")
         if cfg.fill_budget and lat < budget_ms:
-            log_probs = [F.log_softmax(c.detach().double(), -1).numpy() for c in alphas.choices()]
+            log_probs = [F.log_softmax(c.detach().double(), -1).cpu().numpy() for c in alphas.choices()]
             lat_before = lat
             idx, lat, moves = greedy_fill_budget(alphas.encode(arch), log_probs,
                                                  lambda rows: lat_of_archs([alphas.decode(r) for r in rows]),
