@@ -20,8 +20,11 @@
     budgets over the timm nets' latency range, rescaled to the session (the space's smallest and largest subnets
     are timed beside the timm nets) and starting no lower than the space's floor -- once over all resolutions and
     once at the data's own (`--resolution`: no resize, which the profile does not count); each timm net is compared with
-    the most accurate specialized net measured at or below its latency in that session: gain against the mean over
-    seeds and against the better seed.
+    the specialized net of best VALIDATION accuracy among those measured at or below its latency in that session
+    (beside it, the best by predicted accuracy; never chosen on the test split), whose test accuracy is reported
+    with a 95% Wilson interval over the test images: gain against the mean over seeds and against the best seed.
+    `--from-results JSON...` recomputes that comparison from stored results (they hold every candidate's measured
+    latency and its validation, predicted and test accuracy) without training or timing anything.
     A run trained with `--val-from test` makes (a) a like-for-like check (validation and test split drawn alike).
 
 Without a `cpu` profile (`ofa profile --space <run space>`), one is fitted here for the run's space and saved to
@@ -175,6 +178,120 @@ def cpu_profile(space, device: str, quick: bool, threads: int, run_path: Path) -
     return str(path)
 
 
+# ------------------------------------------------------------------------------------------------ selection
+# Which of our specialized nets is compared with a timm net. Latency is measured side by side (not test data), so
+# "at or below the timm net's latency" is a fair filter; among those the pick must not look at the test split: by
+# validation accuracy (what a user holding a validation split would choose), or by the accuracy predictor (what the
+# search ranks by: the best-predicted net under the latency is what a search at that latency would return). The
+# test accuracy of the pick is then reported once, with a binomial confidence interval over the test images.
+PICKS = {"validation": "val", "predicted": "predicted"}
+
+
+def wilson_interval(acc: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of an accuracy measured on n images."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    centre = (acc + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(acc * (1 - acc) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def candidate_label(c: dict[str, Any]) -> str:
+    """The grid label of a stored candidate (older results keep only its budget in ms)."""
+    return c["budget"] if "budget" in c else f"{c['budget_ms']:g}ms"
+
+
+def pick(candidates: list[dict[str, Any]], latency_ms: float, by: str) -> tuple[dict[str, Any], bool]:
+    """Among `candidates` (dicts with latency_ms, val, predicted, test) the best by `by` ('val' / 'predicted' /
+    'test') of those measured at or below `latency_ms` (ties: the faster); none there: the fastest, flagged False."""
+    within = [c for c in candidates if c["latency_ms"] <= latency_ms]
+    if not within:
+        return min(candidates, key=lambda c: c["latency_ms"]), False
+    return max(within, key=lambda c: (c[by], -c["latency_ms"])), True
+
+
+def compare_row(timm: dict[str, Any], timm_latency_ms: float, candidates: list[dict[str, Any]],
+                n_test: int) -> dict[str, Any]:
+    """One timm net against the picks (by validation, by prediction; the test-split pick only as the optimistic
+    figure earlier results used). Gains in points against the timm seeds' mean and best; `gain_interval_points`
+    spreads the binomial standard error of our test accuracy and the standard error of the timm seeds' mean."""
+    seeds = [float(r["test_accuracy"]) for r in timm["seeds"]]
+    t_mean, t_best = float(np.mean(seeds)), max(seeds)
+    t_se = float(np.std(seeds, ddof=1) / math.sqrt(len(seeds))) if len(seeds) > 1 else None   # one seed: unknown
+    row: dict[str, Any] = {"timm": timm["model"], "timm_latency_ms": timm_latency_ms, "timm_seed_accuracies": seeds,
+                           "timm_test_accuracy": t_mean, "timm_test_accuracy_best_seed": t_best,
+                           "timm_mean_standard_error": t_se, "n_test_images": n_test}
+    for name, by in (*PICKS.items(), ("optimistic_best_by_test", "test")):
+        c, within = pick(candidates, timm_latency_ms, by)
+        lo, hi = wilson_interval(c["test"], n_test)
+        se = math.sqrt(c["test"] * (1 - c["test"]) / n_test) if n_test else float("nan")
+        half = 1.96 * math.sqrt(se * se + (t_se or 0.0) ** 2)
+        gain = 100 * (c["test"] - t_mean)
+        row[name] = {"label": c["label"], "r": c.get("r"), "latency_ms": c["latency_ms"],
+                     "latency_ratio": c["latency_ms"] / timm_latency_ms, "at_or_below_timm_latency": within,
+                     "val_accuracy": c["val"], "predicted_accuracy": c["predicted"], "test_accuracy": c["test"],
+                     "test_accuracy_ci95": [lo, hi], "gain_points": gain,
+                     "gain_interval_points": [gain - 100 * half, gain + 100 * half],
+                     "gain_vs_best_seed_points": 100 * (c["test"] - t_best)}
+    return row
+
+
+def candidates_from_points(points: list[dict[str, Any]], latencies: dict[str, float]) -> list[dict[str, Any]]:
+    """Our specialized nets as candidates: grid label -> measured latency, with the validation, predicted and test
+    accuracy of the same extraction (the bench's own points)."""
+    by_label = {p["kind"].split("@", 1)[1]: p for p in points if p["kind"].startswith("specialized@")}
+    return [{"label": label, "latency_ms": float(ms), "val": by_label[label]["val"],
+             "predicted": by_label[label]["predicted"], "test": by_label[label]["real"],
+             "r": by_label[label]["arch"]["r"]} for label, ms in latencies.items() if label in by_label]
+
+
+def n_test_images(result: dict[str, Any]) -> int:
+    """Test images the accuracies were measured on: stored by newer results, else rebuilt from the data config."""
+    if result.get("n_test_images"):
+        return int(result["n_test_images"])
+    from ofa.data import data_from_config
+
+    return len(data_from_config(result["data"]).test)
+
+
+def print_corrected(rows: list[dict[str, Any]]) -> None:
+    print(f"{'timm (mean of seeds)':30s} {'lat ms':>7s} | pick by  {'lat ms':>7s} {'ratio':>6s} {'test acc [95% CI]':>22s} "
+          f"{'gain vs mean [interval]':>25s} {'vs best':>7s}")
+    for r in rows:
+        head = f"{r['timm']:20s} {100 * r['timm_test_accuracy']:6.2f}%   {r['timm_latency_ms']:7.3f}"
+        for name in (*PICKS, "optimistic_best_by_test"):
+            c = r[name]
+            lo, hi = c["test_accuracy_ci95"]
+            g_lo, g_hi = c["gain_interval_points"]
+            tag = {"validation": "val", "predicted": "pred", "optimistic_best_by_test": "TEST*"}[name]
+            print(f"{head:30s} | {tag:6s} {c['latency_ms']:8.3f} {c['latency_ratio']:5.2f}x "
+                  f"{100 * c['test_accuracy']:6.2f}% [{100 * lo:5.2f}-{100 * hi:5.2f}] {c['gain_points']:+6.2f} "
+                  f"[{g_lo:+5.2f}, {g_hi:+5.2f}] {c['gain_vs_best_seed_points']:+7.2f}"
+                  f"{'' if c['at_or_below_timm_latency'] else '  (none at or below: fastest)'}")
+            head = ""
+    print("  TEST*: best by test accuracy, a selection on the test split (optimistic; how earlier results picked)")
+
+
+def corrected_from_results(path: Path) -> dict[str, Any]:
+    """Recompute the timm comparison of a stored result with the honest picks (no retraining, no measuring)."""
+    result = json.loads(path.read_text())
+    n_test = n_test_images(result)
+    rows, skipped = [], []
+    for r in result["comparison"]:
+        if "all_candidates" not in r:
+            skipped.append({"timm": r["timm"], "why": r.get("ofa_error", "no candidates stored")})
+            continue
+        latencies = {candidate_label(c): c["latency_ms"] for c in r["all_candidates"]}
+        cands = candidates_from_points(result["points"], latencies)
+        if len(cands) != len(latencies):
+            skipped.append({"timm": r["timm"], "why": "a candidate has no stored validation / predicted accuracy"})
+            continue
+        timm = {"model": r["timm"], "seeds": r.get("timm_seeds") or [{"test_accuracy": r["timm_test_accuracy"]}]}
+        rows.append(compare_row(timm, r["timm_latency_ms"], cands, n_test))
+    return {"source": str(path), "run": result.get("run"), "n_test_images": n_test, "comparison": rows,
+            "skipped": skipped}
+
+
 # ------------------------------------------------------------------------------------------------ timm
 def train_timm(name: str, bundle, resolution: int, epochs: int, settings: dict[str, Any], seed: int,
                max_steps: int | None, calib_batches: list) -> tuple[torch.nn.Module, dict[str, float], float]:
@@ -227,7 +344,11 @@ def train_timm(name: str, bundle, resolution: int, epochs: int, settings: dict[s
 # ------------------------------------------------------------------------------------------------ main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", required=True, help="trained run directory with a fitted accuracy predictor")
+    ap.add_argument("--run", help="trained run directory with a fitted accuracy predictor")
+    ap.add_argument("--from-results", nargs="+", type=Path, metavar="JSON",
+                    help="recompute the timm comparison of stored results (bench/results/specialize_quality_*.json) "
+                         "with the picks by validation and by predicted accuracy, and stop: no training or timing; "
+                         "writes <name>_corrected.json beside each")
     ap.add_argument("--device", default="cpu", help="profile to specialize for (default cpu; fitted here if missing)")
     ap.add_argument("--archs", type=int, default=30, help="random subnets for the predictor check")
     ap.add_argument("--epochs", type=int, default=None, help="timm training epochs (default: the run's total)")
@@ -246,6 +367,19 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true",
                     help="tiny settings (6 archs, 2 timm models, 1 epoch of <= 20 steps, 256 calibration images)")
     args = ap.parse_args()
+    if args.from_results:
+        for path in args.from_results:
+            out = corrected_from_results(path)
+            print(f"{path} ({out['n_test_images']} test images):")
+            print_corrected(out["comparison"])
+            for row in out["skipped"]:
+                print(f"  {row['timm']}: not recomputed ({row['why'][:120]})")
+            dest = path.with_name(f"{path.stem}_corrected.json")
+            atomic.write_json(dest, out)
+            print(f"wrote {dest}\n")
+        return
+    if args.run is None:
+        ap.error("--run is required (or --from-results)")
     if args.timm_only and args.epochs is None:
         raise SystemExit("--timm-only needs --epochs (the run may still be training: its epoch count is not final)")
 
@@ -430,13 +564,16 @@ def main() -> None:
                  "target_mean_abs_error_points": 0.5, "meets_target": bool(100 * err.mean() <= 0.5),
                  "predictor_report": {k: pred.report.get(k) for k in ("chosen", "n_rows", "holdout")}}
 
-    # ---- report
+    # ---- report: each timm net against the net picked by validation accuracy among ours measured at or below its
+    # latency (and, beside it, by predicted accuracy); the test accuracy of the pick, with a 95% interval
+    n_test = len(bundle.test)
     rows = []
+    feasible = [(label, s) for label, s in specs.items() if not isinstance(s, Exception)]
+    cands = candidates_from_points(points, {label: both[f"ofa@{label}"] for label, _ in feasible})
     for name in models:
         t = timm_rows[name]
         row = {"timm": name, "timm_latency_ms": both[name], "timm_test_accuracy": t["test_accuracy"],
                "timm_test_accuracy_range": [t["test_accuracy_min"], t["test_accuracy_max"]], "timm_seeds": t["seeds"]}
-        feasible = [(label, s) for label, s in specs.items() if not isinstance(s, Exception)]
         if not feasible:
             row["ofa_error"] = str(specs[grid[0][0]])
         elif all(both[f"ofa@{label}"] > 1.1 * both[name] for label, _ in feasible):
@@ -444,24 +581,26 @@ def main() -> None:
             row["ofa_error"] = (f"the fastest specialized net measures {fastest:.3f} ms, more than 10% slower "
                                 f"(the space's fastest subnet measures {min(both[k] for k in anchor_nets):.3f} ms)")
         else:
-            within = [(label, s) for label, s in feasible if both[f"ofa@{label}"] <= both[name]]
-            label, s = (max(within, key=lambda ls: ls[1].test_accuracy) if within
-                        else min(feasible, key=lambda ls: both[f"ofa@{ls[0]}"]))
-            k = f"ofa@{label}"
-            row.update(budget=label, budget_ms=budget_of[label],
+            picked = compare_row(t, both[name], cands, n_test)
+            chosen = picked["validation"]
+            label = chosen["label"]
+            s = specs[label]
+            row.update(picked, budget=label, budget_ms=budget_of[label],
                        resolutions_searched=s.extra.get("resolutions", list(space.resolutions)),
                        ofa_arch=s.arch.to_dict(), ofa_predicted_latency_ms=s.predicted_latency_ms,
-                       ofa_latency_ms=both[k], ofa_test_accuracy=s.test_accuracy,
-                       ofa_predicted_accuracy=s.predicted_accuracy, latency_ratio=both[k] / both[name],
-                       accuracy_gain_points=100 * (s.test_accuracy - t["test_accuracy"]),
-                       accuracy_gain_vs_best_seed_points=100 * (s.test_accuracy - t["test_accuracy_max"]),
-                       at_or_below_timm_latency=bool(within),
-                       all_candidates=[{"budget": ll, "latency_ms": both[f"ofa@{ll}"], "r": ss.arch.r,
-                                        "test_accuracy": ss.test_accuracy} for ll, ss in feasible])
+                       ofa_latency_ms=chosen["latency_ms"], ofa_test_accuracy=chosen["test_accuracy"],
+                       ofa_test_accuracy_ci95=chosen["test_accuracy_ci95"], ofa_val_accuracy=chosen["val_accuracy"],
+                       ofa_predicted_accuracy=chosen["predicted_accuracy"], latency_ratio=chosen["latency_ratio"],
+                       accuracy_gain_points=chosen["gain_points"],
+                       accuracy_gain_vs_best_seed_points=chosen["gain_vs_best_seed_points"],
+                       at_or_below_timm_latency=chosen["at_or_below_timm_latency"], picked_by="validation accuracy",
+                       all_candidates=[{"budget": c["label"], "latency_ms": c["latency_ms"], "r": c["r"],
+                                        "val_accuracy": c["val"], "predicted_accuracy": c["predicted"],
+                                        "test_accuracy": c["test"]} for c in cands])
         rows.append(row)
     print()
-    print(f"{'timm model':24s} {'lat ms':>8s} {'acc: mean (range over seeds)':>29s} | {'ofa lat ms':>10s} {'(pred)':>8s} "
-          f"{'acc':>7s} {'gain':>7s}")
+    print(f"{'timm model':24s} {'lat ms':>8s} {'acc: mean (range over seeds)':>29s} | ours, picked by validation: "
+          f"{'lat ms':>7s} {'(pred)':>7s} {'test acc [95% CI]':>21s} {'gain':>6s}")
     for r in rows:
         lo, hi = r["timm_test_accuracy_range"]
         line = (f"{r['timm']:24s} {r['timm_latency_ms']:8.3f} {100 * r['timm_test_accuracy']:6.2f}% "
@@ -469,11 +608,16 @@ def main() -> None:
         if "ofa_error" in r:
             line += "infeasible: " + r["ofa_error"]
         else:
-            line += (f"{r['ofa_latency_ms']:10.3f} {r['ofa_predicted_latency_ms']:8.3f} "
-                     f"{100 * r['ofa_test_accuracy']:6.2f}% {r['accuracy_gain_points']:+6.2f}  r={r['ofa_arch']['r']} "
-                     f"(searched {r['budget']})"
+            c_lo, c_hi = r["ofa_test_accuracy_ci95"]
+            line += (f"{r['ofa_latency_ms']:7.3f} {r['ofa_predicted_latency_ms']:7.3f} "
+                     f"{100 * r['ofa_test_accuracy']:6.2f}% [{100 * c_lo:.2f}-{100 * c_hi:.2f}] "
+                     f"{r['accuracy_gain_points']:+6.2f}  r={r['ofa_arch']['r']} (searched {r['budget']})"
                      f"{'' if r['at_or_below_timm_latency'] else '  (none of ours measured at or below; closest)'}")
         print(line)
+    comparable = [r for r in rows if "ofa_error" not in r]
+    if comparable:
+        print("\nall picks (validation / predicted accuracy; TEST* = best by test, optimistic):")
+        print_corrected(comparable)
     print(f"\npredictor on {predictor['n']} subnets (test split): mean |real - predicted| "
           f"{predictor['mean_abs_error_points']:.2f} points (target <= 0.5), max {predictor['max_abs_error_points']:.2f}, "
           f"Kendall tau {predictor['kendall_tau']:.3f}; on the validation split it predicts: mean |val - predicted| "
@@ -481,7 +625,8 @@ def main() -> None:
           f"test - val {predictor['val_to_test_gap_points']:+.2f} points on average")
     out = {"run": str(rd.path), "space": space.name, "data": bundle.config, "supernet_sha256_16": sn_hash,
            "device": device_name, "device_profile": device, "quick": quick, "epochs": epochs, "subset": args.subset, "train_settings": settings,
-           "resolution": resolution, "latency_session": latency_session, "comparison": rows, "predictor": predictor, "points": points,
+           "resolution": resolution, "n_test_images": n_test, "latency_session": latency_session, "comparison": rows,
+           "predictor": predictor, "points": points,
            "seconds": time.time() - t_start}
     dest = (rd.path / "bench" / "specialize_quality_quick.json" if quick
             else RESULTS / f"specialize_quality_{rd.path.name}.json")
