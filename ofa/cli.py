@@ -22,6 +22,18 @@ app = typer.Typer(
 )
 
 
+def _flags_show_no_value() -> None:
+    """typer's rich help prints `<bool>` in the value column of flags (--json, --help), which take no value:
+    show nothing there, as its plain help does."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    TyperOption.display_type_rich = lambda self, ctx: None if self.is_flag else shown(self, ctx)
+
+
+_flags_show_no_value()
+
+
 @app.callback()
 def _root() -> None:
     """Train one once-for-all supernet; specialize it for any device without retraining."""

@@ -127,8 +127,10 @@ class DataBundle:
         return getattr(self, name)
 
     def loader(self, split: str, batch_size: int = 256, resolution: int | None = None, shuffle: bool = False,
-               seed: int = 0, limit: int | None = None) -> "ResizedLoader":
-        """Batches of (normalized images at `resolution`, labels); `limit` caps the number of images."""
+               seed: int = 0, limit: int | None = None, device: torch.device | str | None = None) -> "ResizedLoader":
+        """Batches of (normalized images at `resolution`, labels); `limit` caps the number of images. With
+        `device` the images are moved there (from pinned memory, for a GPU) before they are normalized and
+        resized; the labels stay on the CPU."""
         ds = self.split(split)
         if limit is not None and limit < len(ds):
             ds = subset(ds, range(limit))
@@ -144,9 +146,10 @@ class ResizedLoader:
     """Iterates a split in batches, normalized and resized to one resolution (re-iterable)."""
 
     def __init__(self, bundle: DataBundle, ds: Dataset, batch_size: int, resolution: int | None, shuffle: bool,
-                 seed: int):
+                 seed: int, device: torch.device | str | None = None):
         self.bundle, self.ds, self.batch_size = bundle, ds, batch_size
         self.resolution, self.shuffle, self.seed = resolution, shuffle, seed
+        self.device = None if device is None else torch.device(device)
 
     def __len__(self) -> int:
         return (len(self.ds) + self.batch_size - 1) // self.batch_size
@@ -154,45 +157,53 @@ class ResizedLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         gen = torch.Generator().manual_seed(self.seed)
         order = torch.randperm(len(self.ds), generator=gen).tolist() if self.shuffle else list(range(len(self.ds)))
-        loader = DataLoader(self.ds, batch_size=self.batch_size, sampler=order, collate_fn=_collate)
+        on_gpu = self.device is not None and self.device.type == "cuda"
+        loader = DataLoader(self.ds, batch_size=self.batch_size, sampler=order, collate_fn=_collate, pin_memory=on_gpu)
         for x, y in loader:
+            if self.device is not None:
+                x = x.to(self.device, non_blocking=True)
             yield prepare_batch(x, self.resolution, self.bundle.mean, self.bundle.std), y
 
 
-def prepare_batch(x: torch.Tensor, resolution: int | None, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+def prepare_batch(x: torch.Tensor, resolution: int | None, mean: Sequence[float], std: Sequence[float],
+                  channels_last: bool = True) -> torch.Tensor:
     """Normalize a batch of [0, 1] images and resize it to `resolution` (bilinear, as OFA resizes per batch).
 
     The batch comes back channels-last: the networks keep that layout (see `elastic.static_net`), where CPU
-    convolutions, depthwise ones above all, run several times faster than on NCHW tensors.
+    convolutions, depthwise ones above all, run several times faster than on NCHW tensors (`channels_last=False`:
+    NCHW, for a model kept in that layout). It stays on its device.
     """
     m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     x = (x - m) / s
     if resolution is not None and x.shape[-1] != resolution:
         x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False)
-    return x.contiguous(memory_format=torch.channels_last)
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def augment_batch(x: torch.Tensor, gen: torch.Generator, flip: bool, pad: int | None = None,
                   rank: int = 0, world: int = 1) -> torch.Tensor:
-    """Random translation (zero pad + crop) and optional horizontal flip, per image.
+    """Random translation (zero pad + crop) and optional horizontal flip, per image, for the batch at once.
 
-    The draws are made for the whole global batch (`world` x this batch) from `gen`; this process takes the
-    positions `rank::world`, which are exactly the images a DistributedSampler hands it, so a distributed run
-    augments every image as a single process with the same global batch would.
+    The draws are made on the CPU for the whole global batch (`world` x this batch) from `gen`; this process takes
+    the positions `rank::world`, which are exactly the images a DistributedSampler hands it, so a distributed run
+    augments every image as a single process with the same global batch would. The crop and flip are one gather
+    on `x`'s device (a GPU batch stays there): image i's output pixel (r, c) is padded pixel (r + dy_i, c' + dx_i)
+    with c' = c, or W - 1 - c where image i is flipped. The result is in channels-last layout.
     """
-    h = x.shape[-1]
-    pad = max(1, h // 8) if pad is None else pad
-    global_n = x.shape[0] * world
+    n, _, h, w = x.shape
+    pad = max(1, w // 8) if pad is None else pad
+    global_n = n * world
     shifts = torch.randint(-pad, pad + 1, (global_n, 2), generator=gen)[rank::world] + pad
     flips = (torch.rand(global_n, generator=gen) < 0.5)[rank::world]
+    dev = x.device
+    shifts, flips = shifts.to(dev), (flips & flip).to(dev)
+    rows = shifts[:, :1] + torch.arange(h, device=dev)                           # (n, h)
+    cols = torch.arange(w, device=dev).expand(n, w)
+    cols = torch.where(flips[:, None], w - 1 - cols, cols) + shifts[:, 1:]        # (n, w)
     padded = F.pad(x, (pad, pad, pad, pad))
-    out = torch.empty_like(x)
-    for i in range(x.shape[0]):
-        dy, dx = int(shifts[i, 0]), int(shifts[i, 1])
-        img = padded[i, :, dy:dy + h, dx:dx + h]
-        out[i] = img.flip(-1) if flip and bool(flips[i]) else img
-    return out
+    picked = padded[torch.arange(n, device=dev)[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # (n, h, w, C)
+    return picked.permute(0, 3, 1, 2)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import random
 import time
 from dataclasses import replace
@@ -30,6 +31,8 @@ from ofa.run_dir import RunDir
 from ofa.training.distributed import DistInfo, all_reduce_sum, barrier, broadcast_object, init_distributed
 from ofa.training.evaluate import evaluate_arch, evaluate_subnets, subnets_to_report
 from ofa.training.kd import soft_cross_entropy
+from ofa.training.precision import MIN_FP16_SCALE, autocast, grad_scaler
+from ofa.training.world_size import check_resume_world
 from ofa.training.schedule import (STAGES, Phase, TrainConfig, default_space_name, previous_stage, stage_phases,
                                    stages_for)
 
@@ -63,9 +66,12 @@ def sample_step_archs(space: SpaceSpec, phase: Phase, rng: random.Random, n: int
 def rng_state() -> dict[str, Any]:
     py = random.getstate()
     npst = np.random.get_state()
-    return {"python": [py[0], list(py[1]), py[2]], "numpy": [npst[0], torch.from_numpy(npst[1].astype(np.int64)),
-                                                               int(npst[2]), int(npst[3]), float(npst[4])],
-            "torch": torch.get_rng_state()}
+    out = {"python": [py[0], list(py[1]), py[2]], "numpy": [npst[0], torch.from_numpy(npst[1].astype(np.int64)),
+                                                              int(npst[2]), int(npst[3]), float(npst[4])],
+           "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():   # one state per GPU of this process
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
@@ -74,6 +80,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
     n = state["numpy"]
     np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
     torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda")   # restored where the same GPUs are there (every step reseeds them anyway)
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
 
 
 # ---- model helpers -------------------------------------------------------------------------------------------
@@ -209,6 +218,8 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] | N
     if not resume:   # a resumed run keeps the split it stored
         cfg = cfg.with_phase_steps(len(bundle.train))
     space = _resolve_space(run, cfg, bundle, stages)
+    if state is not None:
+        check_resume_world(state.get("world"), info.world, cfg, space)
     if info.is_main:
         run.path.mkdir(parents=True, exist_ok=True)
         if not run.space_file.exists():
@@ -263,6 +274,8 @@ def _build_model(space: SpaceSpec, cfg: TrainConfig, device: torch.device) -> nn
     torch.manual_seed(derive_seed(cfg.seed, "init"))
     model = Supernet(space)
     _set_dropout(model, cfg.dropout)
+    if not cfg.channels_last:   # the supernet is built channels-last (elastic.static_net.MEMORY_FORMAT)
+        model = model.to(memory_format=torch.contiguous_format)
     return model.to(device)
 
 
@@ -323,12 +336,15 @@ def _train_stage(stage: str, cfg: TrainConfig, run: RunDir, space: SpaceSpec, bu
         lr = cfg.lr_for(phase)
         optimizer = _make_optimizer(model, cfg, lr)
         scheduler = _make_scheduler(optimizer, cfg, lr, epochs * steps_per_epoch, steps_per_epoch)
+        scaler = grad_scaler(device, cfg.precision)
         start_epoch, start_step = 0, 0
         resumed_sums = None
         if resuming:
             if state.get("optimizer") is not None:
                 optimizer.load_state_dict(state["optimizer"])
                 scheduler.load_state_dict(state["scheduler"])
+                if scaler is not None and state.get("scaler"):
+                    scaler.load_state_dict(state["scaler"])
             set_rng_state(state["rng"])
             start_epoch, start_step = state["epoch"], state["step"]
             resumed_sums = state.get("epoch_sums")
@@ -349,7 +365,8 @@ def _train_stage(stage: str, cfg: TrainConfig, run: RunDir, space: SpaceSpec, bu
                     "version": STATE_VERSION, "config": cfg.to_dict(), "stage": stage, "phase": phase.index,
                     "epoch": epoch, "step": step, "done": False, "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
-                    "epoch_sums": list(sums) if sums is not None else None,
+                    "epoch_sums": list(sums) if sums is not None else None, "world": info.world,
+                    "scaler": scaler.state_dict() if scaler is not None else None,
                 })
             barrier(info)
 
@@ -358,7 +375,7 @@ def _train_stage(stage: str, cfg: TrainConfig, run: RunDir, space: SpaceSpec, bu
             first = start_step if epoch == start_epoch else 0
             indices = list(sampler)[first * local_batch: steps_per_epoch * local_batch]
             loader = DataLoader(bundle.train, batch_size=local_batch, sampler=indices, collate_fn=_collate,
-                                num_workers=cfg.workers, drop_last=True)
+                                num_workers=cfg.workers, drop_last=True, pin_memory=device.type == "cuda")
             task = progress.task(f"{phase.name} ep {epoch + 1}/{epochs}", steps_per_epoch, first)
             sums = [0.0, 0.0, 0.0]  # loss*n, correct, n (of the first subnet of each step)
             if first and resumed_sums and info.is_main:  # stored all-reduced: rank 0 carries them
@@ -370,37 +387,53 @@ def _train_stage(stage: str, cfg: TrainConfig, run: RunDir, space: SpaceSpec, bu
                 rng = random.Random(derive_seed(*key, "archs"))
                 res = rng.choice(space.resolutions)
                 archs = sample_step_archs(space, phase, rng, n_sub, sandwich, res)
-                if augment:
+                x = x.to(device, non_blocking=True)   # (pinned on a GPU run: the copy overlaps)
+                y = y.to(device, non_blocking=True)
+                if augment:   # drawn on the CPU from the step's seed, applied on the device
                     gen = torch.Generator().manual_seed(derive_seed(*key, "augment"))
                     x = augment_batch(x, gen, bundle.flip, rank=info.rank, world=info.world)
-                x = prepare_batch(x, res, bundle.mean, bundle.std).to(device, non_blocking=True)
-                y = y.to(device, non_blocking=True)
+                x = prepare_batch(x, res, bundle.mean, bundle.std, cfg.channels_last)
                 torch.manual_seed(derive_seed(*key, "dropout", info.rank))
                 soft = None
                 if teacher is not None:
-                    with torch.no_grad():
+                    with torch.no_grad(), autocast(device, cfg.precision):
                         soft = teacher(x)
                 optimizer.zero_grad(set_to_none=True)
                 for i, arch in enumerate(archs):
                     model.set_active(arch)
                     sync = ddp.no_sync() if (ddp is not None and i < len(archs) - 1) else contextlib.nullcontext()
                     with sync:
-                        out = net(x)
-                        loss = F.cross_entropy(out, y, label_smoothing=cfg.resolved("label_smoothing"))
-                        if soft is not None:
-                            loss = loss + cfg.kd_ratio * soft_cross_entropy(out, soft)
-                        loss.backward()
+                        with autocast(device, cfg.precision):
+                            out = net(x)
+                            loss = F.cross_entropy(out, y, label_smoothing=cfg.resolved("label_smoothing"))
+                            if soft is not None:
+                                loss = loss + cfg.kd_ratio * soft_cross_entropy(out, soft)
+                        (loss if scaler is None else scaler.scale(loss)).backward()
                     if inplace_kd and i == 0:   # archs[0] is the largest (sandwich): the others' teacher
                         soft = out.detach()
                     if i == 0:
-                        n = len(y)
-                        sums[0] += float(loss.detach()) * n
-                        sums[1] += float((out.detach().argmax(1) == y).sum())
-                        sums[2] += n
-                if not all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None):
+                        head = (loss.detach().float(), (out.detach().argmax(1) == y).sum().float())
+                # one host sync a step: the gradients' total norm (non-finite iff some gradient is; fp16's scaler
+                # skips such steps itself) and the first subnet's loss and correct count
+                grads = [p.grad for p in model.parameters() if p.grad is not None]
+                norm = torch.nn.utils.get_total_norm(grads).float() if scaler is None and grads else head[0] * 0
+                norm, first_loss, first_correct = torch.stack([norm, *head]).tolist()
+                if not math.isfinite(norm):
                     raise OFAError(f"training diverged at stage {stage} epoch {epoch + 1} step {step} "
                                    f"(non-finite gradients); lower --lr (now {lr:.4g})")
-                optimizer.step()
+                n = len(y)
+                sums[0] += first_loss * n
+                sums[1] += first_correct
+                sums[2] += n
+                if scaler is None:
+                    optimizer.step()
+                else:
+                    scaler.step(optimizer)
+                    scaler.update()
+                    if scaler.get_scale() < MIN_FP16_SCALE:
+                        raise OFAError(f"training diverged at stage {stage} epoch {epoch + 1} step {step} (fp16 "
+                                       f"gradients overflow at every loss scale); lower --lr (now {lr:.4g}) or use "
+                                       f"--precision bf16")
                 scheduler.step_update(num_updates=epoch * steps_per_epoch + step + 1)
                 seen += len(y) * info.world
                 progress.update(task, loss=sums[0] / max(sums[2], 1), acc=sums[1] / max(sums[2], 1), res=res,
@@ -442,7 +475,7 @@ def _train_stage(stage: str, cfg: TrainConfig, run: RunDir, space: SpaceSpec, bu
                                 "split": cfg.eval_split, **{r["name"]: r["acc"] for r in rows}})
         run.save_train_state({"version": STATE_VERSION, "config": cfg.to_dict(), "stage": stage, "phase": len(phases),
                               "epoch": 0, "step": 0, "done": stage == stages_for(cfg.stage)[-1],
-                              "next_stage": _next(stage, cfg)})
+                              "next_stage": _next(stage, cfg), "world": info.world})
         say(f"stage '{stage}' done in {time.time() - t_stage:.0f}s" + (f"; {cfg.eval_split} accuracy (BN recalibrated): " +
             ", ".join(f"{r['name']} {r['acc']:.2%}" for r in rows) if rows else ""))
         results["eval"] = rows
@@ -462,5 +495,5 @@ def _save_phase_end(run: RunDir, info: DistInfo, cfg: TrainConfig, stage: str, n
     if info.is_main:
         run.save_train_state({"version": STATE_VERSION, "config": cfg.to_dict(), "stage": stage, "phase": next_phase,
                               "epoch": 0, "step": 0, "done": False, "model": model.state_dict(),
-                              "optimizer": None, "scheduler": None, "rng": rng_state()})
+                              "optimizer": None, "scheduler": None, "rng": rng_state(), "world": info.world})
     barrier(info)

@@ -152,7 +152,9 @@ class TrainConfig:
     augment: bool | None = None           # random shifts/flips (default: the schedule's; quick: off)
     bn_mode: str = "train"                # "train" or "frozen" (BN kept in eval mode while training)
     dropout: float | None = None          # override the space's dropout
-    device: str = "auto"
+    device: str = "auto"                  # compute device: auto | cpu | cuda | cuda:N (ofa.training.distributed)
+    precision: str = "fp32"               # fp32 | bf16 | fp16 (autocast; fp16 with a gradient scaler)
+    channels_last: bool = True            # NHWC activations and weights (measured faster on CPU; GPU: bench)
     threads: int | None = None
     workers: int = 0
     overwrite: bool = False
@@ -208,8 +210,11 @@ class TrainConfig:
                 raise OFAError(f"--{name.replace('_', '-')} must be < 1, got {v}")
         if self.workers < 0:
             raise OFAError(f"--workers must be >= 0, got {self.workers}")
-        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
-            raise OFAError(f"unknown device '{self.device}'; allowed: auto, cpu, cuda")
+        from ofa.training.distributed import parse_compute_device
+        from ofa.training.precision import check_precision
+
+        self.device = parse_compute_device(self.device)
+        check_precision(self.precision)
         for key in ("subset_size", "eval_size"):
             v = (self.data or {}).get(key)
             if v is not None and v < 1:
