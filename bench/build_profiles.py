@@ -1,6 +1,6 @@
 """Build the shipped device profiles (predictors/profiles/*.json) from the published latency tables.
 
-Reads /work/shared/data/latency (or --data DIR): the Note10 and Pixel 1 per-layer tables and the published
+Reads tests/data/latency (a copy of /work/shared/data/latency; or --data DIR): the Note10 and Pixel 1 per-layer tables and the published
 networks (Han Cai et al., MIT, MIT License; Once-for-All and ProxylessNAS). Writes:
 - note10.json   kind lut: the five Note10 OFA-MobileNetV3-w1.2 tables (160..224 px), interpolated across size;
 - pixel1.json   kind regression: the Pixel 1 ProxylessNAS table (exact entries) plus a per-layer linear model fit
@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from elastic.spaces import get_space  # noqa: E402
+from predictors.domain import Domain  # noqa: E402
 from predictors.latency import LatencyPredictor  # noqa: E402
 from predictors.layer_regression import LayerRegression, fit_relative  # noqa: E402
 from predictors.layers import FEATURES, Layer, features_matrix, net_features, net_layers  # noqa: E402
@@ -137,6 +138,9 @@ def build_note10(data: Path) -> tuple[Profile, dict]:
     held = np.abs(Xh @ coef / yh - 1) * 100
     prof = Profile(name="note10", kind="lut", unit="ms", families=("mbv3",), lut=lut,
                    regression=LayerRegression(coef),
+                   domain=Domain("latency profile 'note10'", ("mbv3",), tuple(sorted(tables)), True, (space.name,),
+                                 f"{len(tables)} published Note10 tables of {space.name} at "
+                                 f"{min(tables)}-{max(tables)} px"),
                    description="Samsung Note10, TF-Lite, batch 1: per-layer lookup table of the OFA-MobileNetV3 "
                                "w1.2 space at 160..224 px, interpolated across input size",
                    provenance=f"published Note10 tables (5 resolutions); {ATTRIBUTION}")
@@ -198,8 +202,12 @@ def build_pixel1(data: Path) -> tuple[Profile, dict]:
     coef = coef * full[0]
     coef[ci] = full[1:]
     lut = LayerTable((l, ms * full[0]) for l, ms in entries)
+    sizes = sorted({224} | {spec.resolution for _, _, spec in nets})
     prof = Profile(name="pixel1", kind="regression", unit="ms", lut=lut, regression=LayerRegression(coef),
                    families=("mbv3", "proxyless"),
+                   domain=Domain("latency profile 'pixel1'", ("mbv3", "proxyless"), tuple(sizes), True, (),
+                                 f"the published 224 px Pixel 1 table and {len(nets)} published nets at "
+                                 f"{sizes[0]}-{sizes[-1]} px"),
                    description="Google Pixel 1, TF-Lite, batch 1: ProxylessNAS 224 px table + per-layer linear model "
                                f"for other shapes; all scaled by {full[0]:.3f}, calibrated on whole published nets "
                                "(no separate SE/h-swish cost)",
@@ -238,7 +246,7 @@ def build_proxies() -> list[Profile]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "latency")
+    ap.add_argument("--data", type=Path, default=ROOT / "tests" / "data" / "latency")
     ap.add_argument("--out", type=Path, default=PACKAGE_DIR)
     args = ap.parse_args()
     note10, e_note = build_note10(args.data)

@@ -36,6 +36,7 @@ import numpy as np
 from elastic.arch import Arch
 from elastic.errors import OFAError
 from elastic.spaces import SpaceSpec, space_from_dict
+from predictors.domain import fit_domain_record, predictor_domain
 from predictors.encoding import OneHotEncoding, arch_arrays, rich_features
 
 KINDS = ("mlp", "gbr", "gp", "ridge")
@@ -206,7 +207,9 @@ class AccuracyPredictor:
         params = {**DEFAULT_HP[kind], **hp}
         enc = OneHotEncoding.for_space(space)
         x = _features(kind, space, archs, enc, params)
-        return cls._fit_xy(kind, space, enc, params, x, y)
+        pred = cls._fit_xy(kind, space, enc, params, x, y)
+        pred.meta["domain"] = fit_domain_record(space, archs)   # what it was fit on (predictors.domain)
+        return pred
 
     @classmethod
     def _fit_xy(cls, kind: str, space: SpaceSpec, enc: OneHotEncoding, params: dict[str, Any], x: np.ndarray,
@@ -238,6 +241,11 @@ class AccuracyPredictor:
         if self.kind == "mlp":
             return _mlp_forward(self.layers, x.astype(np.float32)).astype(np.float64) * self.y_std + self.y_mean
         return np.asarray(self.model.predict(x), dtype=np.float64)
+
+    @property
+    def domain(self):
+        """The `predictors.domain.Domain` it was fit on (space, family, the resolutions of its data)."""
+        return predictor_domain(self)
 
     def predict_one(self, arch: Arch) -> float:
         return float(self.predict([arch])[0])
@@ -395,6 +403,7 @@ def fit_accuracy_predictor(space: SpaceSpec, archs: Sequence[Arch], accs: Sequen
     final = AccuracyPredictor._fit_xy(chosen, space, enc, dict(params[chosen]), feats[chosen], y)
     report["final_fit"] = "all rows (held-out metrics come from the same kind fit without the held-out rows)"
     final.report = report
+    final.meta["domain"] = fit_domain_record(space, archs)   # what it was fit on (predictors.domain)
     return final
 
 

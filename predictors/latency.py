@@ -7,7 +7,9 @@
   are fixed by its index (first block of a stage or not), so the batch is numpy indexing plus a sum.
 Costs are milliseconds, except for the `flops`/`params` proxy profiles (MMACs / millions of parameters).
 Per layer a profile answers with its table entry (exact key), else a table interpolation across input
-size, else its regression model; a layer none of these can price is an OFAError.
+size, else its regression model (a `transfer` profile: its prior's cost corrected, see `predictors.fewshot`);
+a layer none of these can price is an OFAError. `domain` is what the profile was fit on (None: anything);
+`outside_domain(net)` says in words when a network lies outside it.
 """
 from __future__ import annotations
 
@@ -40,6 +42,17 @@ class LatencyPredictor:
     def name(self) -> str:
         return self.profile.name
 
+    @property
+    def domain(self):
+        return self.profile.domain
+
+    def outside_domain(self, net: NetSpec) -> str | None:
+        """None when `net` lies inside the profile's domain, else why not (one line)."""
+        d = self.profile.domain
+        if d is None or d.holds(net.family, net.resolution):
+            return None
+        return f"a {net.family} network at {net.resolution} px is outside the domain of {d.describe()}"
+
     # ---- per layer -------------------------------------------------------------------------------
     def layer_cost(self, layer: Layer) -> float:
         hit = self._cache.get(layer)
@@ -51,6 +64,8 @@ class LatencyPredictor:
             if prof.proxy != "macs":
                 raise OFAError("the params proxy prices whole networks (BN depends on context); use predict_net")
             value = layer_macs(layer) / 1e6
+        if prof.kind == "transfer":
+            value = prof.transfer.layer_cost(layer)
         if value is None and prof.lut is not None:
             value = prof.lut.lookup(layer)
         if value is None and prof.regression is not None:

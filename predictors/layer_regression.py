@@ -41,13 +41,19 @@ def fit_relative(X: np.ndarray, y: np.ndarray, columns: list[str] | None = None,
     Returns a full coefficient vector (zeros outside `columns`). `fixed` is a per-row latency already
     accounted for (e.g. layers priced by a table) that the fitted part adds to.
     """
-    X, y = np.asarray(X, float), np.asarray(y, float)
+    X = np.asarray(X, float)
     idx = [FEATURE_INDEX[c] for c in columns] if columns is not None else list(range(N_FEATURES))
-    # scale columns to unit size so NNLS is well conditioned
-    A = X[:, idx] / y[:, None]
-    scale = np.maximum(np.abs(A).max(axis=0), 1e-12)
-    target = (y - (0 if fixed is None else np.asarray(fixed, float))) / y
-    sol, _ = nnls(A / scale, target, maxiter=50 * len(idx) + 100)
     coef = np.zeros(N_FEATURES)
-    coef[idx] = sol / scale
+    coef[idx] = nnls_relative(X[:, idx], y, fixed)
     return coef
+
+
+def nnls_relative(A: np.ndarray, y: np.ndarray, fixed: np.ndarray | None = None) -> np.ndarray:
+    """c >= 0 minimizing sum ((A c + fixed - y) / y)^2: each row weighted by 1/y, so errors are relative."""
+    A, y = np.asarray(A, float), np.asarray(y, float)
+    A = A / y[:, None]
+    # scale columns to unit size so NNLS is well conditioned
+    scale = np.maximum(np.abs(A).max(axis=0), 1e-12) if len(A) else np.ones(A.shape[1])
+    target = (y - (0 if fixed is None else np.asarray(fixed, float))) / y
+    sol, _ = nnls(A / scale, target, maxiter=50 * A.shape[1] + 100)
+    return sol / scale

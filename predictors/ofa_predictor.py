@@ -19,6 +19,7 @@ import numpy as np
 from elastic.errors import OFAError
 from elastic.spaces import get_space
 from predictors.accuracy import AccuracyPredictor
+from predictors.domain import Domain
 from predictors.encoding import OneHotEncoding
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -26,6 +27,9 @@ SHIPPED = DATA_DIR / "ofa_mbv3_w1.2_imagenet_acc.safetensors"
 SPACE_NAME = "mbv3-w1.2"
 SHAPES = {"0.weight": (400, 128), "0.bias": (400,), "2.weight": (400, 400), "2.bias": (400,),
           "4.weight": (400, 400), "4.bias": (400,), "6.weight": (1, 400), "6.bias": (1,)}
+# OFA trained it on subnets at 160-224 px only: the one-hot slots of 128 and 144 px never saw data
+DOMAIN = Domain("OFA's accuracy predictor", ("mbv3",), (160, 176, 192, 208, 224), False, (SPACE_NAME,),
+                "trained by OFA on ImageNet subnets at 160-224 px")
 ATTRIBUTION = ("Accuracy predictor from Once-for-All (Han Cai, Chuang Gan, Tianzhe Wang, Zhekai Zhang, Song Han, "
                "ICLR 2020), MIT License, Copyright (c) 2020 MIT Han Lab; converted to safetensors unchanged.")
 
@@ -74,7 +78,7 @@ def load_ofa_predictor(path: str | os.PathLike | None = None) -> AccuracyPredict
     return AccuracyPredictor(
         "mlp", space, OneHotEncoding.ofa_imagenet(), {"hidden": [400, 400, 400]}, layers=layers,
         report={"source": "Once-for-All published predictor (ImageNet, mbv3-w1.2)", "attribution": ATTRIBUTION},
-        meta={"origin": str(p.name), "attribution": ATTRIBUTION},
+        meta={"origin": str(p.name), "attribution": ATTRIBUTION, "domain": DOMAIN.to_dict()},
     )
 
 
