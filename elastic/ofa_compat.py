@@ -10,13 +10,13 @@ Only key names differ; tensors (including the kernel-transformation matrices) ar
 from __future__ import annotations
 
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 import torch
 
 from elastic.errors import OFAError
-from elastic.netspec import ConvSpec, MBConvSpec, NetSpec
+from elastic.netspec import ConvSpec, MBConvSpec, NetSpec, make_divisible
 from elastic.spaces import SpaceSpec, get_space
 from elastic.static_net import StaticNet
 
@@ -293,5 +293,137 @@ def static_from_ofa(cfg: Any, state_dict: Any, image_size: int | None = None) ->
     return net
 
 
-__all__ = ["map_ofa_key", "ofa_key", "netspec_from_ofa_config", "static_from_ofa", "static_from_ofa_config",
-           "supernet_from_ofa"]
+# ---- which network a checkpoint holds ----------------------------------------------------------------
+# The supernets published with Once-for-All, by the name of our space with the same layout.
+PUBLISHED_SUPERNETS = {"mbv3-w1.0": "ofa_mbv3_d234_e346_k357_w1.0", "mbv3-w1.2": "ofa_mbv3_d234_e346_k357_w1.2",
+                       "proxyless-w1.3": "ofa_proxyless_d234_e346_k357_w1.3"}
+_POINT = re.compile(_BLOCK + r"point_linear\.conv\.(?:conv\.)?weight$")
+_DEPTH = re.compile(_BLOCK + r"depth_conv\.conv\.(?:conv\.)?weight$")
+
+
+@dataclass(frozen=True)
+class CheckpointLayout:
+    """What the shapes of an original state dict say about its network (read from a few keys, never trusted)."""
+
+    family: str                      # "mbv3" or "proxyless"
+    elastic: bool                    # a supernet (dynamic layers, kernel matrices) rather than a static network
+    stem: int
+    first_block: int
+    stage_widths: tuple[int, ...]
+    stage_blocks: tuple[int, ...]    # blocks per run of equal widths
+    max_kernel: int
+    final_expand: int | None
+    feature_mix: int | None
+    n_classes: int
+
+    def describe(self) -> str:
+        kind = "supernet" if self.elastic else "static network"
+        fam = "MobileNetV3" if self.family == "mbv3" else "ProxylessNAS"
+        return (f"an OFA-{fam} {kind} with a {self.stem}-channel stem, stage widths {list(self.stage_widths)} "
+                f"and {self.n_classes} classes")
+
+    def fits(self, space: SpaceSpec) -> bool:
+        return (self.elastic and space.family == self.family and space.stem_channels == self.stem
+                and space.first_block_channels == self.first_block
+                and tuple(space.stage_widths) == self.stage_widths
+                and tuple(space.stage_max_depth) == self.stage_blocks
+                and max(space.ks_choices) == self.max_kernel and space.final_expand_channels == self.final_expand
+                and space.feature_mix_channels == self.feature_mix)
+
+
+def n_classes_of(state_dict: Any) -> int:
+    """The class count of an original state dict, read from its classifier's shape."""
+    sd = _unwrap(state_dict)
+    w = sd.get("classifier.linear.weight")
+    if w is None or w.ndim != 2:
+        raise OFAError("state dict has no 'classifier.linear.weight' matrix: it is not an OFA network "
+                       "(or its classifier is missing)")
+    return int(w.shape[0])
+
+
+def checkpoint_layout(state_dict: Any) -> CheckpointLayout | None:
+    """The layout of an original state dict, or None when its keys do not describe an OFA network."""
+    try:
+        sd = _unwrap(state_dict)
+        outs: dict[int, int] = {}
+        kernels = []
+        for k, v in sd.items():
+            m = _POINT.match(k)
+            if m and v.ndim == 4:
+                outs[int(m.group(1))] = int(v.shape[0])
+            m = _DEPTH.match(k)
+            if m and v.ndim == 4:
+                kernels.append(int(v.shape[-1]))
+        if not outs or 0 not in outs:
+            return None
+        widths: list[int] = []
+        counts: list[int] = []
+        for i in sorted(outs)[1:]:
+            if widths and widths[-1] == outs[i]:
+                counts[-1] += 1
+            else:
+                widths.append(outs[i])
+                counts.append(1)
+        elastic = any(k.endswith("_matrix") or re.search(r"\.conv\.conv\.weight$", k) for k in sd)
+        fe, fm = sd.get("final_expand_layer.conv.weight"), sd.get("feature_mix_layer.conv.weight")
+        return CheckpointLayout(
+            family="mbv3" if fe is not None else "proxyless", elastic=bool(elastic),
+            stem=int(sd["first_conv.conv.weight"].shape[0]), first_block=outs[0], stage_widths=tuple(widths),
+            stage_blocks=tuple(counts), max_kernel=max(kernels), final_expand=None if fe is None else int(fe.shape[0]),
+            feature_mix=None if fm is None else int(fm.shape[0]), n_classes=n_classes_of(sd))
+    except (OFAError, KeyError, IndexError, ValueError, AttributeError):
+        return None
+
+
+def spaces_like(state_dict: Any) -> list[str]:
+    """Names of our spaces whose supernet has the layout of this original state dict (published ones first)."""
+    from elastic.spaces import SPACES
+
+    layout = checkpoint_layout(state_dict)
+    if layout is None:
+        return []
+    names = list(PUBLISHED_SUPERNETS) + sorted(set(SPACES) - set(PUBLISHED_SUPERNETS))
+    return [n for n in names if layout.fits(get_space(n, n_classes=max(2, layout.n_classes)))]
+
+
+def arch_from_ofa_config(space: SpaceSpec, cfg: Any, image_size: int | None = None):
+    """The Arch of `space` whose subnet is the network an original net_config describes, or an OFAError saying
+    where the config leaves the space (a width, kernel, expand ratio, depth or resolution it does not have)."""
+    from elastic.arch import Arch
+
+    spec = netspec_from_ofa_config(cfg, image_size)
+    where = f"the net_config is not a subnet of space {space.name}"
+    if spec.family != space.family:
+        raise OFAError(f"{where}: it is a {spec.family} network, the space is {space.family}")
+    blocks = list(spec.blocks[1:])
+    ks = [min(space.ks_choices)] * space.n_blocks
+    es = [min(space.e_choices)] * space.n_blocks
+    depths, start, pos = [], 0, 0
+    for s, width in enumerate(space.stage_widths):
+        n = 0
+        while pos < len(blocks) and blocks[pos].out_ch == width and n < space.stage_max_depth[s]:
+            b = blocks[pos]
+            e = next((e for e in space.e_choices if b.mid_ch == make_divisible(b.in_ch * e, 8)), None)
+            if e is None:
+                raise OFAError(f"{where}: block {pos + 1} has {b.mid_ch} middle channels for {b.in_ch} inputs, "
+                               f"no expand ratio of {list(space.e_choices)}")
+            ks[start + n], es[start + n] = b.kernel, e
+            n, pos = n + 1, pos + 1
+        depths.append(n)
+        start += space.stage_max_depth[s]
+    if pos != len(blocks):
+        raise OFAError(f"{where}: block {pos + 1} ({blocks[pos].out_ch} channels) fits none of its stages "
+                       f"(widths {list(space.stage_widths)})")
+    arch = space.validate(Arch(tuple(ks), tuple(es), tuple(depths), spec.resolution))
+    ours = space.net_spec(arch)
+    if replace(ours, dropout=spec.dropout, bn_momentum=spec.bn_momentum) != replace(spec, n_classes=ours.n_classes):
+        raise OFAError(f"{where}: its layers differ from the space's subnet {arch.summary()} "
+                       "(strides, activations, squeeze-excitation or head)")
+    if spec.n_classes != space.n_classes:
+        raise OFAError(f"the net_config has {spec.n_classes} classes, space {space.name} has {space.n_classes}")
+    return arch
+
+
+__all__ = ["CheckpointLayout", "PUBLISHED_SUPERNETS", "arch_from_ofa_config", "checkpoint_layout", "map_ofa_key",
+           "n_classes_of", "netspec_from_ofa_config", "ofa_key", "spaces_like", "static_from_ofa",
+           "static_from_ofa_config", "supernet_from_ofa"]

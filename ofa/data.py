@@ -134,7 +134,7 @@ class DataBundle:
         ds = self.split(split)
         if limit is not None and limit < len(ds):
             ds = subset(ds, range(limit))
-        return ResizedLoader(self, ds, batch_size, resolution, shuffle, seed)
+        return ResizedLoader(self, ds, batch_size, resolution, shuffle, seed, device)
 
     def summary(self) -> str:
         val = "val" if self.config.get("val_from", "train") == "train" else "val (from test)"
@@ -337,6 +337,13 @@ def get_data(name: str | None = None, *, root: str | Path | None = None, val_siz
     """
     if val_from not in VAL_SOURCES:
         raise OFAError(f"unknown validation source '{val_from}'; allowed: {', '.join(VAL_SOURCES)}")
+    if isinstance(name, str) and name.startswith("imagefolder:"):  # ImageNet-style, streamed: ofa.imagefolder
+        from ofa.imagefolder import get_imagefolder
+
+        if val_from != "train":
+            raise OFAError("imagefolder: data carves its validation split from train/; val_from must be 'train'")
+        return get_imagefolder(name[len("imagefolder:"):], val_size=val_size, split_seed=split_seed,
+                               subset_size=subset_size, eval_size=eval_size)
     canonical, note = _resolve_name(name, root)
     if canonical == "fashion-mnist":
         train, test, n_classes, res, classes, source = _load_fashion(root, download)
@@ -389,6 +396,10 @@ def data_from_config(config: dict[str, Any]) -> DataBundle:
     """Rebuild a bundle from a stored `config` (e.g. a run directory's data.json)."""
     if not isinstance(config, dict) or "name" not in config:
         raise OFAError("data config must be a JSON object with at least a 'name' field")
+    if config["name"] == "imagefolder":
+        from ofa.imagefolder import bundle_from_config
+
+        return bundle_from_config(config)
     allowed = {"name", "root", "val_size", "split_seed", "subset_size", "eval_size", "image_size", "val_from"}
     unknown = sorted(set(config) - allowed)
     if unknown:

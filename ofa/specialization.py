@@ -111,7 +111,8 @@ def _measurable_here(profile) -> bool:
 
 
 def measure_latency_here(profile, net_spec) -> float | None:
-    """Median batch-1 latency of `net_spec` on this machine, with the profile's runtime and threads."""
+    """Median batch-1 latency of `net_spec` on this machine, with the profile's runtime, threads and precision
+    (an int8 profile, `ofa profile --precision int8`, times the net quantized to int8)."""
     import torch
 
     from predictors.measure import measure_nets
@@ -120,7 +121,33 @@ def measure_latency_here(profile, net_spec) -> float | None:
     if dev == "cuda" and not torch.cuda.is_available():
         return None
     return float(measure_nets([net_spec], runtime=profile.extra.get("runtime", "onnxruntime"),
-                              threads=int(profile.extra.get("threads", 1)), device=dev, rounds=7)[0])
+                              threads=int(profile.extra.get("threads", 1)), device=dev, rounds=7,
+                              precision=profile.extra.get("precision", "fp32"), batch=profile.batch)[0])
+
+
+def resolve_device(device: str, run_path: Path | None, say=None):
+    """The profile for `device`: with a run, the run's own `profiles/<device>.json` first (the quickstart
+    measures this machine there), then the user's and the shipped profiles; says which run file it used."""
+    from predictors.profiles import load_profile
+
+    first = [run_path / "profiles"] if run_path is not None else []
+    profile = load_profile(device, first=first)
+    if say is not None and profile.path is not None and run_path is not None and \
+            Path(profile.path).parent == run_path / "profiles":
+        say(f"device '{device}': using the run's own profile {profile.path}")
+    return profile
+
+
+def domain_resolutions(sp: SpaceSpec, acc_pred, lat_pred, resolution: Any, allow_extrapolation: bool):
+    """The resolutions the search uses: the space's (or the requested ones) inside the accuracy and latency
+    predictors' domains (`predictors.domain.search_domain`)."""
+    from predictors.domain import predictor_domain, search_domain
+
+    requested = parse_resolutions(resolution, sp)
+    domains = [predictor_domain(acc_pred)]
+    if lat_pred is not None:
+        domains.append(lat_pred.domain)
+    return search_domain(sp, domains, requested, allow_extrapolation)
 
 
 def specialize(run: str | Path | None = None, *, device: str, latency: Any = None, macs: Any = None,
@@ -128,36 +155,48 @@ def specialize(run: str | Path | None = None, *, device: str, latency: Any = Non
                backend: str = "evolution", export: Sequence[str] | str = (), pareto: bool = False, seed: int = 0,
                calib_images: int = 2000, measure: bool = True, evaluate: bool = True,
                out_dir: str | Path | None = None, progress: bool = False, resolution: Any = None,
-               **search_overrides: Any) -> list[Specialized]:
+               data: Any = None, allow_extrapolation: bool = False, **search_overrides: Any) -> list[Specialized]:
     """Search the best arch per budget and (with a run) write each extracted network to disk.
 
     `latency` takes '40ms' / '20ms,30ms,40ms' / 40.0 / [20, 30]; `macs` '300M'; `params` '5M'. `resolution`
     ('32', '28,32', 32 or [28, 32]) limits the input resolutions searched -- e.g. to the size the deployed
-    camera or pipeline delivers, where any other resolution costs a resize; default: all of the space's.
+    camera or pipeline delivers, where any other resolution costs a resize; default: all of the space's that
+    lie inside the domains the accuracy predictor and the device profile were fit on (said in the output and
+    in `extra["search_domain"]`). A resolution outside them is an OFAError unless `allow_extrapolation`,
+    which searches it and marks each result outside a domain as extrapolated (`extra["extrapolated"]`,
+    arch.json). With a run, a device name resolves to the run's own `profiles/<name>.json` first.
     Returns one `Specialized` per budget, tightest first. `search_overrides` go to the search (evolution:
     population=, generations=, patience=, ...; proxyless: steps=, budget_rounds=, ...). Re-specializing a budget
-    replaces its folder atomically.
+    replaces its folder atomically. `data` (a `DataBundle` or a `--data` value such as 'imagefolder:PATH')
+    replaces the run's own data for BN recalibration and test accuracy; a run whose data.json only describes its
+    data (an imported supernet) keeps the supernet's BN statistics without it, and says so.
     """
     from ofa.export import parse_exports
     from predictors.latency import get_latency_predictor
-    from predictors.profiles import load_profile
     from specialize import evolution
 
     if backend not in BACKENDS:
         raise OFAError(f"unknown backend '{backend}'; allowed: {', '.join(BACKENDS)}")
     exports = parse_exports(export) if isinstance(export, str) else parse_exports(",".join(export))
     cons = build_constraints(latency, macs, params)
-    profile = load_profile(device)  # an unknown device fails before any predictor is loaded or fitted
-
+    say = print if progress else None
     rd = None
     if run is not None:
         from ofa.run_dir import RunDir
-        from predictors.accuracy import AccuracyPredictor
 
         rd = RunDir(run)
+    # an unknown device fails before any predictor is loaded or fitted
+    profile = resolve_device(device, rd.path if rd is not None else None, say)
+    if rd is not None:
+        from predictors.accuracy import AccuracyPredictor
+
         sp = rd.load_space()
         if space is not None and space != sp.name:
             raise OFAError(f"--space {space} differs from the run's space {sp.name}; leave --space out with --run")
+        if data is not None:
+            from ofa.imagefolder import load_data_arg
+
+            data = load_data_arg(data, n_classes=sp.n_classes, progress=progress)  # class count checked first
         pred_dir = rd.path / "predictors"
         if accuracy_predictor is not None:
             acc_pred = _load_accuracy_predictor(accuracy_predictor, sp)
@@ -188,7 +227,10 @@ def specialize(run: str | Path | None = None, *, device: str, latency: Any = Non
     if pareto and backend != "evolution":
         raise OFAError("--pareto plots the archs scored by the evolutionary search; use it with --backend evolution")
 
-    res = parse_resolutions(resolution, sp)
+    dom = domain_resolutions(sp, acc_pred, lat_pred, resolution, allow_extrapolation)
+    if say is not None and dom.message:
+        say(dom.message)
+    res = None if dom.resolutions == tuple(sp.resolutions) else dom.resolutions
     t0 = time.perf_counter()
     if backend == "evolution":
         outcome = evolution.search(sp, acc_pred, lat_pred, cons, device=device, seed=seed, resolutions=res,
@@ -201,17 +243,26 @@ def specialize(run: str | Path | None = None, *, device: str, latency: Any = Non
         found, front = _proxyless_results(rd, sp, acc_pred, lat_pred, cons, seed, search_overrides)
     search_seconds = time.perf_counter() - t0
 
-    extra = {} if res is None else {"resolutions": list(res)}
+    extra: dict[str, Any] = {"search_domain": dom.to_dict()}
+    if resolution is not None:
+        extra["resolutions"] = list(dom.resolutions)   # asked for: names the folder (DEVICE@BUDGET-rRES)
+    if profile.batch != 1:
+        extra["latency_meaning"] = profile.meaning
     results = [Specialized(device=device, budget=r.constraints.label(), arch=r.arch,
                            predicted_accuracy=float(r.accuracy),
                            predicted_latency_ms=None if r.latency_ms is None else float(r.latency_ms),
                            macs=float(r.macs), params=float(r.params), search_seconds=search_seconds, note=r.note,
                            extra=dict(extra))
                for r in found]
+    for r in results:
+        outside = dom.outside(sp.family, r.arch.r)
+        if outside:
+            r.extra["extrapolated"] = {"resolution": r.arch.r, "outside": outside}
+            r.note = (r.note + "; " if r.note else "") + f"extrapolated: {r.arch.r} px is outside {'; '.join(outside)}"
 
     if rd is not None:
         _materialize(rd, sp, results, profile, exports, calib_images, measure, evaluate, base, backend, seed,
-                     progress)
+                     progress, data)
     elif base is not None:
         _write_arch_only(base, sp, results, device, backend)
     if pareto and base is not None:
@@ -270,7 +321,11 @@ def _meta(sp: SpaceSpec, r: Specialized, backend: str, provenance: dict[str, Any
                       "params": r.params},
         "measured": {"test_accuracy": r.test_accuracy, "latency_ms": r.measured_latency_ms},
         "note": r.note,
-        "provenance": {"backend": backend, "resolutions_searched": r.extra.get("resolutions", list(sp.resolutions)),
+        "extrapolated": r.extra.get("extrapolated"),
+        "provenance": {"backend": backend,
+                       "resolutions_searched": r.extra.get("search_domain", {}).get("resolutions",
+                                                                                    list(sp.resolutions)),
+                       "search_domain": r.extra.get("search_domain"),
                        "ofa_version": __version__,
                        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **provenance},
     }
@@ -286,33 +341,86 @@ def _write_arch_only(base: Path, sp: SpaceSpec, results: list[Specialized], devi
         r.path = folder
 
 
-def _materialize(rd, sp, results, profile, exports, calib_images, measure, evaluate, base, backend, seed, progress):
+def run_data(rd, needed: bool = True):
+    """The run's own data bundle; None when not `needed`, or when its data.json only describes the data (an
+    imported supernet: no images here)."""
+    from ofa.imagefolder import has_images
+
+    return rd.load_data() if needed and has_images(rd.data_config()) else None
+
+
+def _materialize(rd, sp, results, profile, exports, calib_images, measure, evaluate, base, backend, seed, progress,
+                 data=None):
+    supernet = rd.load_supernet()
+    bundle = data if data is not None else run_data(rd, bool(evaluate or calib_images))
+    provenance = {"run": str(rd.path), "supernet_sha256": file_digest(rd.weights_file),
+                  "data": bundle.config if bundle is not None else rd.data_config(), "seed": seed}
+    calib: dict[int, list] = {}
+    for r in results:
+        write_subnet(supernet, sp, r, base / r.folder_name, bundle=bundle, calib_images=calib_images,
+                     evaluate=evaluate, profile=profile if measure else None, exports=exports, backend=backend,
+                     provenance=provenance, seed=seed, calib_cache=calib, progress=progress,
+                     described=rd.data_config())
+
+
+def write_subnet(supernet, sp: SpaceSpec, r: Specialized, folder: Path, *, bundle=None, calib_images: int = 2000,
+                 evaluate: bool = True, profile=None, exports: tuple[str, ...] = (), backend: str = "evolution",
+                 provenance: dict[str, Any] | None = None, seed: int = 0, calib_cache: dict | None = None,
+                 progress: bool = False, described: dict[str, Any] | None = None) -> Path:
+    """Extract `r.arch` from `supernet`, recalibrate its BN on `calib_images` training images of `bundle`,
+    measure its test accuracy (and its latency here when `profile` is measurable), write it into `folder`.
+
+    Without `bundle` the BN statistics are the supernet's own, and `r.note` says so; `described` (a run's data
+    description) then supplies the class names and input normalization. `r` is updated in place.
+    """
     from elastic.bn_calibration import recalibrate_bn
     from ofa.specialized import save_specialized
     from ofa.training.evaluate import accuracy, calibration_batches
 
-    supernet = rd.load_supernet()
-    bundle = rd.load_data() if evaluate or calib_images else None
-    provenance = {"run": str(rd.path), "supernet_sha256": file_digest(rd.weights_file),
-                  "data": rd.data_config(), "seed": seed}
-    calib: dict[int, list] = {}
-    for r in results:
-        net = supernet.extract(r.arch)
-        if bundle is not None and calib_images:
-            if r.arch.r not in calib:
-                calib[r.arch.r] = calibration_batches(bundle, r.arch.r, calib_images, seed=seed)
-            recalibrate_bn(net, calib[r.arch.r])
-        net.eval()
-        if evaluate and bundle is not None:
-            r.test_accuracy = accuracy(net, bundle, "test", r.arch.r)
-        if measure and _measurable_here(profile):
-            r.measured_latency_ms = measure_latency_here(profile, net.net_spec)
-        meta = _meta(sp, r, backend, provenance)
-        meta["classes"] = list(getattr(bundle, "classes", []) or []) if bundle is not None else []
-        meta["input"] = {"resolution": r.arch.r, "channels": sp.in_channels,
-                         "mean": list(getattr(bundle, "mean", []) or []), "std": list(getattr(bundle, "std", []) or [])}
-        example = calib[r.arch.r][0][:4] if calib.get(r.arch.r) else None  # real images: exports checked in range
-        r.path = save_specialized(base / r.folder_name, net, meta, exports=exports, example=example)
-        if progress:
-            acc = f"{100 * r.test_accuracy:.2f}%" if r.test_accuracy is not None else "n/a"
-            print(f"  {r.folder_name}: test accuracy {acc} -> {r.path}")
+    calib = {} if calib_cache is None else calib_cache
+    net = supernet.extract(r.arch)
+    cost: dict[str, Any] = {}
+    if bundle is not None and calib_images:
+        t0 = time.perf_counter()
+        if r.arch.r not in calib:
+            calib.clear()  # one resolution's images at a time (2,000 ImageNet crops at 224 px are 1.2 GB)
+            calib[r.arch.r] = calibration_batches(bundle, r.arch.r, calib_images, seed=seed)
+        recalibrate_bn(net, calib[r.arch.r])
+        cost.update(calib_images=sum(len(b) for b in calib[r.arch.r]), calib_seconds=time.perf_counter() - t0)
+        bn_stats = f"recalibrated on {cost['calib_images']} training images of {bundle.name} at {r.arch.r} px"
+    else:
+        bn_stats = "the supernet's own (not recalibrated)"
+        if bundle is None and (calib_images or evaluate):
+            own = "BN statistics are the supernet's own: give --data imagefolder:PATH to recalibrate and evaluate"
+            r.note = f"{r.note}; {own}" if r.note else own
+    net.eval()
+    if evaluate and bundle is not None:
+        t0 = time.perf_counter()
+        r.test_accuracy = accuracy(net, bundle, "test", r.arch.r)
+        cost.update(eval_images=len(bundle.test), eval_seconds=time.perf_counter() - t0)
+    if profile is not None and _measurable_here(profile):
+        r.measured_latency_ms = measure_latency_here(profile, net.net_spec)
+    prov = dict(provenance or {})
+    if isinstance(prov.get("data"), dict):   # the class names are stored once, in meta["classes"]
+        prov["data"] = {k: v for k, v in prov["data"].items() if k != "classes"}
+    meta = _meta(sp, r, backend, prov)
+    source = described or {}
+    if bundle is not None:
+        source = {"classes": bundle.classes, "mean": bundle.mean, "std": bundle.std}
+    meta["classes"] = list(source.get("classes") or [])
+    meta["input"] = {"resolution": r.arch.r, "channels": sp.in_channels, "mean": list(source.get("mean") or []),
+                     "std": list(source.get("std") or [])}
+    meta["bn_statistics"] = bn_stats
+    meta["cost"] = cost
+    r.extra["cost"] = cost
+    example = calib[r.arch.r][0][:4] if calib.get(r.arch.r) else None  # real images: exports checked in range
+    r.path = save_specialized(folder, net, meta, exports=exports, example=example)
+    if "onnx-int8" in exports:  # quantized after the folder is in place: a failure leaves the fp32 files as written
+        from ofa.int8_export import export_int8
+
+        r.extra["int8"] = export_int8(r.path, bundle=bundle, seed=seed, profile=profile, progress=progress)
+    if progress:
+        acc = f"{100 * r.test_accuracy:.2f}%" if r.test_accuracy is not None else "n/a"
+        spent = "".join(f", {k.split('_')[0]} {v:.1f} s" for k, v in cost.items() if k.endswith("seconds"))
+        print(f"  {r.folder_name if r.device else folder.name}: test accuracy {acc}{spent} -> {r.path}")
+    return r.path

@@ -2,6 +2,8 @@
 
 `save_specialized` writes a directory atomically (files land in a temp dir that is renamed into place);
 `load` validates every field of `arch.json` and the weights' keys and shapes before building the net.
+The network is a subnet of a space (`space` + `arch`) or, for networks imported from the original Once-for-All
+code that are no subnet of ours, an original `net_config` with its `image_size` (`ofa import-ofa --net-config`).
 """
 from __future__ import annotations
 
@@ -25,6 +27,15 @@ from elastic.static_net import StaticNet
 FORMAT = "ofa-specialized/1"
 ARCH_ONLY_FORMAT = "ofa-arch/1"      # `ofa specialize` without a run: arch.json alone
 REQUIRED_FIELDS = ("format", "space", "arch")
+NET_CONFIG_FIELDS = ("format", "net_config", "image_size")   # a network described by an original net_config
+
+
+def _missing_fields(meta: dict[str, Any]) -> list[str]:
+    return [f for f in (NET_CONFIG_FIELDS if "net_config" in meta else REQUIRED_FIELDS) if f not in meta]
+
+
+def _resolution(meta: dict[str, Any]) -> int:
+    return int(meta["arch"]["r"]) if "net_config" not in meta else int(meta["image_size"])
 
 
 def save_specialized(out_dir: str | Path, net: torch.nn.Module, meta: dict[str, Any],
@@ -34,9 +45,8 @@ def save_specialized(out_dir: str | Path, net: torch.nn.Module, meta: dict[str, 
     leaves the previous folder as it was."""
     out_dir = Path(out_dir)
     meta = {"format": FORMAT, **meta}
-    for field in REQUIRED_FIELDS:
-        if field not in meta:
-            raise ValueError(f"specialized metadata lacks '{field}'")
+    for field in _missing_fields(meta):
+        raise ValueError(f"specialized metadata lacks '{field}'")
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_temps(out_dir)
@@ -68,6 +78,14 @@ def _remove_stale_temps(out_dir: Path) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
+def _drop_int8_figures(meta: dict[str, Any]) -> None:
+    """A saved folder has no model.int8.onnx yet (`ofa.int8_export` adds it and its figures): int8 figures carried
+    over in `meta` (e.g. from the folder a net was fine-tuned from) belong to another net."""
+    meta.pop("int8", None)
+    if isinstance(meta.get("measured"), dict):
+        meta["measured"] = {k: v for k, v in meta["measured"].items() if not k.startswith("int8_")}
+
+
 def _save(out_dir: Path, net: torch.nn.Module, meta: dict[str, Any], exports: tuple[str, ...],
           example: torch.Tensor | None) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-{os.getpid()}-", dir=out_dir.parent))
@@ -75,11 +93,15 @@ def _save(out_dir: Path, net: torch.nn.Module, meta: dict[str, Any], exports: tu
         state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"))
         files = ["model.safetensors", "arch.json"]
+        meta["exports"] = {}  # digests of the exports written below (none carried over from another folder)
         if exports:
-            from ofa.export import export_model
+            from ofa.export import export_model, export_record
 
-            files += export_model(net, tmp, exports, resolution=int(meta["arch"]["r"]), example=example)
+            exported = export_model(net, tmp, exports, resolution=_resolution(meta), example=example)
+            files += exported
+            meta["exports"] = export_record(tmp, exported)  # digests: a later int8 step can tell a stale export
         meta["files"] = files
+        _drop_int8_figures(meta)
         (tmp / "arch.json").write_text(json.dumps(meta, indent=2))
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
@@ -116,9 +138,10 @@ def read_meta(path: str | Path) -> tuple[Path, dict[str, Any]]:
         raise OFAError(f"'{meta_file}' is not valid JSON ({exc})") from None
     if not isinstance(meta, dict):
         raise OFAError(f"'{meta_file}' must hold a JSON object")
-    missing = [f for f in REQUIRED_FIELDS if f not in meta]
+    missing = _missing_fields(meta)
     if missing:
-        raise OFAError(f"'{meta_file}' is missing field(s) {', '.join(missing)}; required: {', '.join(REQUIRED_FIELDS)}")
+        raise OFAError(f"'{meta_file}' is missing field(s) {', '.join(missing)}; required: {', '.join(REQUIRED_FIELDS)}"
+                       f" (or {', '.join(NET_CONFIG_FIELDS)} for an original net_config)")
     if meta["format"] == ARCH_ONLY_FORMAT:
         raise OFAError(f"'{folder}' holds an architecture only (searched without --run), no weights to load; "
                        "specialize a trained run (`ofa specialize --run DIR`) to get a loadable network")
@@ -131,13 +154,19 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> torch.nn
     """Load a specialized network: a ready `nn.Module` in eval mode with `.arch` and `.meta`."""
     folder, meta = read_meta(path)
     try:
-        space = space_from_dict(meta["space"])
-        arch = space.validate(Arch.from_dict(meta["arch"]))
+        if "net_config" in meta:
+            from elastic.ofa_compat import netspec_from_ofa_config
+
+            arch, spec = None, netspec_from_ofa_config(meta["net_config"], meta["image_size"])
+        else:
+            space = space_from_dict(meta["space"])
+            arch = space.validate(Arch.from_dict(meta["arch"]))
+            spec = space.net_spec(arch)
     except OFAError as exc:
         raise OFAError(f"'{folder / 'arch.json'}' is inconsistent: {exc}") from None
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise OFAError(f"'{folder / 'arch.json'}' has a malformed space or arch ({type(exc).__name__}: {exc})") from None
-    net = StaticNet(space.net_spec(arch))
+    net = StaticNet(spec)
     weights = folder / "model.safetensors"
     if not weights.is_file():
         raise OFAError(f"'{folder}' has arch.json but no model.safetensors")

@@ -20,10 +20,12 @@ def specialize_cmd(
     space: Optional[str] = typer.Option(None, "--space", help="Search space without a run (archs only)."),
     accuracy_predictor: Optional[Path] = typer.Option(None, "--accuracy-predictor", help="Accuracy predictor: a fitted predictor dir or OFA's published .pth."),
     backend: str = typer.Option("evolution", "--backend", help="evolution | proxyless"),
-    export: Optional[str] = typer.Option(None, "--export", help="Also export: onnx, torchscript (comma-separated)."),
+    export: Optional[str] = typer.Option(None, "--export", help="Also export: onnx, torchscript, onnx-int8 (int8 quantized, calibrated on training images; comma-separated)."),
     pareto: bool = typer.Option(False, "--pareto", help="Also write the Pareto front (PNG plot + JSON) next to the results."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default RUN/specialized)."),
     resolution: Optional[str] = typer.Option(None, "--resolution", help="Input resolution(s) the search may pick, e.g. 32 or 28,32 (default: all of the space's); the results go to DEVICE@BUDGET-rRES/."),
+    allow_extrapolation: bool = typer.Option(False, "--allow-extrapolation", help="Also search resolutions outside the domains the accuracy predictor and the device profile were fit on (default: only inside; results outside are marked extrapolated)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Images for BN recalibration and test accuracy: imagefolder:PATH (train/ + val/) or a dataset name (default: the run's own data; an imported supernet without it keeps its BN statistics)."),
     seed: int = typer.Option(0, "--seed", help="Search seed."),
     no_measure: bool = typer.Option(False, "--no-measure", help="Do not time the result on this machine."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -39,7 +41,7 @@ def specialize_cmd(
     results = specialize(run, device=device, latency=latency, macs=macs, params=params, space=space,
                          accuracy_predictor=accuracy_predictor, backend=backend, export=export or (), pareto=pareto,
                          seed=seed, measure=not no_measure, out_dir=out, progress=not as_json,
-                         resolution=resolution)
+                         resolution=resolution, allow_extrapolation=allow_extrapolation, data=data)
     if as_json:
         docs = [r.to_dict() for r in results]
         print(json.dumps(docs[0] if len(docs) == 1 else {"results": docs, "search_seconds": docs[0]["search_seconds"]},
