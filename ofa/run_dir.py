@@ -54,6 +54,25 @@ class RunDir:
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
 
+    def check_creatable(self) -> None:
+        """Fail before any work when the run directory cannot exist (it, or the nearest existing folder above it,
+        is a file)."""
+        for here in (self.path, *self.path.parents):
+            if here.exists():
+                if not here.is_dir():
+                    raise OFAError(f"cannot use run directory {self.path}: {here} is a file, not a directory; "
+                                   "give --run a directory path")
+                return
+
+    def create(self) -> None:
+        """Make the run directory (and the folders above it); an OS refusal is a one-line OFAError."""
+        self.check_creatable()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OFAError(f"cannot create run directory {self.path}: {exc.strerror or exc}; "
+                           "give --run a directory you can write") from None
+
     # ---- space and data --------------------------------------------------------------------------
     def save_space(self, space: SpaceSpec) -> None:
         atomic.write_json(self.space_file, space.to_dict())

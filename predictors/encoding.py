@@ -17,9 +17,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from elastic import complexity
 from elastic.arch import Arch
 from elastic.errors import OFAError
-from elastic.netspec import net_macs, net_params
 from elastic.spaces import SpaceSpec
 
 
@@ -134,15 +134,9 @@ class OneHotEncoding:
 
 
 def arch_macs_params(space: SpaceSpec, archs: Sequence[Arch]) -> tuple[np.ndarray, np.ndarray]:
-    """MACs and params per arch: `elastic.complexity` (batched) when present, else counted from each NetSpec."""
-    try:
-        from elastic import complexity  # type: ignore[attr-defined]
-        return (np.asarray(complexity.macs(space, archs), dtype=np.float64),
-                np.asarray(complexity.params(space, archs), dtype=np.float64))
-    except (ImportError, AttributeError):
-        specs = [space.net_spec(a) for a in archs]
-        return (np.array([net_macs(s) for s in specs], dtype=np.float64),
-                np.array([net_params(s) for s in specs], dtype=np.float64))
+    """MACs and params per arch (`elastic.complexity`, batched)."""
+    return (np.asarray(complexity.macs(space, archs), dtype=np.float64),
+            np.asarray(complexity.params(space, archs), dtype=np.float64))
 
 
 RICH_NAMES_PER_STAGE = ("depth", "ks_sum", "e_sum", "ks2e_sum")

@@ -119,11 +119,23 @@ class Genome:
         return g
 
     def to_archs(self, g: np.ndarray) -> list[Arch]:
-        ks = self.ks[g[:, : self.nb]].tolist()
-        es = self.e[g[:, self.nb: 2 * self.nb]].tolist()
-        ds = self.depths(g).tolist()
-        rs = self.r[g[:, -1]].tolist()
-        return [_arch(k, e, d, r) for k, e, d, r in zip(ks, es, ds, rs)]
+        """Archs of genome rows, validated in bulk against the space (a genome outside it is a bug: ValueError)."""
+        g = np.asarray(g)
+        if g.ndim != 2 or g.shape[1] != self.length or ((g < 0) | (g >= self.n_opts)).any():
+            raise ValueError(f"genome rows outside space {self.space.name}'s choices: {g.shape} array, "
+                             f"genes must lie in [0, {self.n_opts.tolist()})")
+        ks = self.ks[g[:, : self.nb]]
+        es = self.e[g[:, self.nb: 2 * self.nb]]
+        ds = self.depths(g)
+        rs = self.r[g[:, -1]]
+        sp = self.space
+        bad = [name for name, ok in (
+            ("ks", np.isin(ks, sp.ks_choices).all()), ("e", np.isin(es, sp.e_choices).all()),
+            ("d", all(np.isin(ds[:, s], sp.depth_choices(s)).all() for s in range(self.ns))),
+            ("r", np.isin(rs, sp.resolutions).all())) if not ok]
+        if bad:
+            raise ValueError(f"genome decodes to {', '.join(bad)} values outside space {sp.name}")
+        return [_checked_arch(k, e, d, r) for k, e, d, r in zip(ks.tolist(), es.tolist(), ds.tolist(), rs.tolist())]
 
     def from_archs(self, archs: Sequence[Arch]) -> np.ndarray:
         sp = self.space
@@ -165,8 +177,9 @@ class Genome:
         return out
 
 
-def _arch(ks: list[int], e: list[int], d: list[int], r: int) -> Arch:
-    """Build an Arch from values already taken from the space's choices (skips re-validation: 20x faster)."""
+def _checked_arch(ks: list[int], e: list[int], d: list[int], r: int) -> Arch:
+    """An Arch of plain ints that `Genome.to_archs` has just validated in bulk against the space: the per-field
+    conversion of `Arch.__post_init__` would only repeat that check, one value at a time (20x slower)."""
     a = object.__new__(Arch)
     object.__setattr__(a, "ks", tuple(ks))
     object.__setattr__(a, "e", tuple(e))
@@ -527,7 +540,7 @@ def _select(g: np.ndarray, m: dict[str, np.ndarray], c: Constraints, n: int,
         if take.sum() < n:  # fill with the next best overall
             rest = np.flatnonzero(~take)[: n - int(take.sum())]
             take[rest] = True
-        order = ranked[take][:n] if take.sum() <= n else ranked[take]
+        order = ranked[take][:n]   # more niches than places: the best-ranked n of those taken
     return g[order], {k: v[order] for k, v in m.items()}
 
 

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from elastic import OFAError, get_space
 from predictors.accuracy import AccuracyPredictor, fit_accuracy_predictor, format_report, quality, topk_hit_rate
@@ -193,3 +194,47 @@ def test_wrong_file_for_ofa_predictor(tmp_path):
     st.write_bytes(b"\x00" * 20)
     with pytest.raises(OFAError, match="not a readable safetensors"):
         load_ofa_predictor(st)
+
+
+# ---- batched == one by one; MACs from the batched count ----------------------------------------------------------
+@pytest.fixture(scope="module")
+def fitted_kinds():
+    sp, archs, acc = synthetic(60)
+    hp = {"mlp": {"steps": 60, "hidden": [32, 32]}, "gbr": {"n_estimators": 30}, "gp": {}, "ridge": {}}
+    pool = synthetic(40, seed=11)[1] + [sp.largest(), sp.smallest()]
+    return {kind: AccuracyPredictor.fit(sp, archs, acc, kind=kind, **hp[kind]) for kind in hp}, pool
+
+
+@settings(max_examples=25, deadline=None)
+@given(kind=st.sampled_from(["mlp", "gbr", "gp", "ridge"]), picks=st.lists(st.integers(0, 41), min_size=1, max_size=30))
+def test_batched_accuracy_predictions_equal_one_by_one(fitted_kinds, kind, picks):
+    preds, pool = fitted_kinds
+    pred = preds[kind]
+    batch = [pool[i] for i in picks]
+    together = pred.predict(batch)
+    assert together.shape == (len(batch),) and np.isfinite(together).all()
+    alone = np.array([pred.predict([a])[0] for a in batch])
+    np.testing.assert_allclose(together, alone, rtol=1e-6, atol=1e-7)
+
+
+def test_macs_params_come_from_the_batched_count_and_its_errors_surface(monkeypatch):
+    """`arch_macs_params` once fell back to counting net by net on any AttributeError, hiding bugs in the batched
+    count: it must equal the per-net count for every registered space, and a failure inside it must surface."""
+    from elastic import complexity, net_macs, net_params
+    from elastic.spaces import SPACES
+
+    rng = random.Random(5)
+    for name in SPACES:
+        sp = get_space(name)
+        archs = [sp.sample(rng) for _ in range(4)] + [sp.smallest()]
+        m, p = arch_macs_params(sp, archs)
+        specs = [sp.net_spec(a) for a in archs]
+        np.testing.assert_array_equal(m, [net_macs(s) for s in specs])
+        np.testing.assert_array_equal(p, [net_params(s) for s in specs])
+
+    def broken(*args, **kwargs):
+        raise AttributeError("a bug inside the batched count")
+
+    monkeypatch.setattr(complexity, "macs", broken)
+    with pytest.raises(AttributeError, match="a bug inside the batched count"):
+        arch_macs_params(sp, archs)

@@ -7,10 +7,12 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn as nn
+from hypothesis import given, settings, strategies as st
 
 from elastic import Arch, OFAError, get_space
 from elastic.bn_calibration import recalibrate_bn
 from elastic.ops import DynamicDepthwiseConv
+from elastic.spaces import SPACES
 from elastic.static_net import StaticNet
 from elastic.supernet import Supernet
 from nontrivial_state import randomize
@@ -68,6 +70,23 @@ def test_extracted_net_matches_supernet(name):
         for k, v in static.state_dict().items():
             torch.testing.assert_close(v, updated[k], rtol=0, atol=1e-5, msg=k)
     net.set_active(space.largest())
+
+
+@settings(max_examples=14, deadline=None)
+@given(name=st.sampled_from(sorted(SPACES)), seed=st.integers(min_value=0, max_value=2**31 - 1))
+def test_extraction_equals_the_supernet_for_random_archs_of_every_registered_space(name, seed):
+    """Any arch (random kernel / expand / depth, any of the space's resolutions) of any registered space: the
+    extracted net computes what the supernet computes with that arch active (tiny 24-px input, eval mode)."""
+    net = supernet(name)
+    space = net.space
+    arch = space.sample(random.Random(seed))
+    x = torch.randn(1, 3, 24, 24, generator=torch.Generator().manual_seed(seed))
+    net.set_active(arch)
+    net.eval()
+    static = net.extract(arch).eval()
+    assert static.arch == arch and static.net_spec == space.net_spec(arch)
+    with torch.no_grad():
+        torch.testing.assert_close(static(x), net(x), rtol=0, atol=1e-5)
 
 
 def test_extracted_net_owns_its_weights():

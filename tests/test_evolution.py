@@ -2,8 +2,10 @@ import random
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
-from elastic import OFAError, get_space
+from elastic import Arch, OFAError, get_space
+from elastic.spaces import SPACES
 from predictors.latency import get_latency_predictor
 from predictors.ofa_predictor import load_ofa_predictor
 from specialize.budget import Constraints
@@ -142,3 +144,85 @@ def test_search_limited_to_given_resolutions(setup):
     assert r.arch == space.largest(176) and "at resolution 160, 176" in r.note
     with pytest.raises(OFAError, match="allowed: 160, 176, 192, 208, 224"):
         search(space, acc, lat, Constraints(latency_ms=25.0), resolutions=[150])
+
+
+# ---- defects found by reading, and properties over random budgets -----------------------------------------------
+def test_parent_selection_never_returns_more_than_n():
+    """More resolution niches than parent places (population 4 at parent ratio 0.25 over 5 resolutions): the
+    selection once returned one parent per niche, here 5 for 1 place."""
+    from specialize.evolution import _select
+
+    sp = get_space("mbv3-w1.2", resolutions=(160, 176, 192, 208, 224))
+    gen = Genome(sp)
+    g = gen.canonical(gen.random(np.random.default_rng(0), 60))
+    g = np.unique(g, axis=0)
+    acc = np.random.default_rng(1).random(len(g))
+    m = {"accuracy": acc, "latency_ms": np.ones(len(g)), "macs": np.ones(len(g)), "params": np.ones(len(g))}
+    assert len(np.unique(g[:, -1])) == 5
+    for n in (1, 2, 3, 4, 7, 10, 40):
+        pg, pm = _select(g, m, Constraints(latency_ms=2.0), n, niche=g[:, -1])
+        assert len(pg) == n == len(pm["accuracy"]) and len(np.unique(pg, axis=0)) == n
+        assert pm["accuracy"][0] == acc.max()                                  # the best is always kept
+        if n >= 10:   # room for every niche: each resolution is represented
+            assert len(np.unique(pg[:, -1])) == 5
+
+
+def test_genomes_decode_only_to_archs_of_the_space():
+    sp = get_space("proxyless-w1.3-small", n_classes=10)
+    gen = Genome(sp)
+    g = gen.random(np.random.default_rng(0), 200, size_bias=True)
+    archs = gen.to_archs(g)
+    for a in archs:
+        assert sp.validate(a) is a
+        assert a == Arch(list(a.ks), list(a.e), list(a.d), a.r) and hash(a) == hash(Arch(**a.to_dict()))
+        assert all(type(v) is int for v in (*a.ks, *a.e, *a.d, a.r))
+    bad = g[:3].copy()
+    bad[0, 0] = gen.n_opts[0]                       # one past the last kernel choice
+    with pytest.raises(ValueError, match="outside space"):
+        gen.to_archs(bad)
+    with pytest.raises(ValueError, match="outside space"):
+        gen.to_archs(g[:, :-1])
+    gen.ks = np.array([3, 5, 9])                    # a broken lookup table is caught too, not passed on
+    with pytest.raises(ValueError, match="ks values outside"):
+        gen.to_archs(g[:5])
+
+
+class SyntheticAccuracy:
+    """A stand-in accuracy predictor for any space: saturating in MACs plus a small per-arch wobble (batched)."""
+
+    def __init__(self, space):
+        from elastic.complexity import macs
+
+        self.space, self.macs = space, macs
+        self.scale = float(macs(space, [space.largest()])[0]) / 3
+
+    def predict(self, archs):
+        m = np.asarray(self.macs(self.space, archs), dtype=float)
+        wobble = np.array([(hash((a.ks, a.e)) % 997) / 997 for a in archs]) * 2e-3
+        return 0.95 - 0.3 * np.exp(-m / self.scale) + wobble
+
+
+TINY = dict(population=12, generations=6, patience=3, init_samples=120)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(name=st.sampled_from(sorted(SPACES)), device=st.sampled_from(["pixel1", "flops"]),
+       fracs=st.lists(st.floats(min_value=0.02, max_value=1.3), min_size=1, max_size=3),
+       n_res=st.integers(min_value=1, max_value=3), seed=st.integers(min_value=0, max_value=10_000))
+def test_every_result_is_in_its_space_meets_its_budget_and_more_budget_is_never_worse(name, device, fracs, n_res,
+                                                                                      seed):
+    space = get_space(name)
+    res = sorted(space.resolutions)[:n_res]
+    lat = get_latency_predictor(device, space)
+    acc = SyntheticAccuracy(space)
+    lo, hi = (float(v) for v in lat.predict([space.smallest(min(res)), space.largest(max(res))]))
+    budgets = [lo + f * (hi - lo) for f in fracs]
+    out = search(space, acc, lat, [Constraints(latency_ms=b) for b in budgets], seed=seed, resolutions=res, **TINY)
+    assert len(out.results) == len(budgets)
+    for r, b in zip(out.results, budgets):
+        assert space.validate(r.arch) is r.arch and r.arch.r in res
+        assert r.latency_ms <= b
+        assert float(lat.predict([r.arch])[0]) == pytest.approx(r.latency_ms, rel=1e-9)
+        assert float(acc.predict([r.arch])[0]) == pytest.approx(r.accuracy, rel=1e-9)
+    by_budget = sorted(zip(budgets, (r.accuracy for r in out.results)))
+    assert all(a2 >= a1 - 1e-12 for (_, a1), (_, a2) in zip(by_budget, by_budget[1:]))
