@@ -93,7 +93,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
                            "is it truncated or damaged?") from None
         except Exception as exc:  # noqa: BLE001 - any failure to parse an untrusted file is the file's fault
             raise OFAError(f"'{p}' is not a readable PyTorch checkpoint (truncated or damaged: "
-                           f"{type(exc).__name__}: {_first_line(exc)})") from None
+                           f"{type(exc).__name__}: {_first_line(exc).split('. ')[0]})") from None
         container = "state dict"
     extras: dict[str, Any] = {}
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
