@@ -52,7 +52,7 @@ def _temps(path: Path) -> list[Path]:
 
 
 FIT = ["--kinds", "ridge", "--folds", "2", "--holdout", "0", "--calib-images", "16", "--limit", "16",
-       "--device", "cpu", "--threads", "1"]
+       "--compute-device", "cpu", "--threads", "1"]
 
 
 def test_sigkill_during_accuracy_collection_then_resume(tmp_path, capsys):
@@ -197,17 +197,41 @@ def test_permission_denied_keeps_previous(tmp_path, monkeypatch):
     assert rd.state_file.read_bytes() == before and rd.load_train_state()["step"] == 1
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories; monkeypatched test above")
-def test_read_only_directory_is_a_clear_error(tmp_path):
+def test_read_only_directory_is_a_clear_error(tmp_path, monkeypatch):
+    """The rename into a directory that refuses writes fails as a read-only one does (EACCES at os.replace, after
+    the temp file is written: injected, so that it also fails as root, which ignores directory permissions)."""
     rd = _make_run(tmp_path / "run")
     before = rd.weights_file.read_bytes()
-    os.chmod(rd.path, 0o555)
-    try:
-        with pytest.raises(OFAError, match="could not write"):
-            rd.save_weights(rd.load_supernet(), rd.load_space())
-    finally:
-        os.chmod(rd.path, 0o755)
+    real_replace = os.replace
+    attempts = []
+
+    def refuse(src, dst, *a, **k):
+        if Path(dst).parent == rd.path:
+            attempts.append(Path(src))
+            assert Path(src).is_file() and Path(src).stat().st_size > 1000   # the whole temp file was written
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(dst))
+        return real_replace(src, dst, *a, **k)
+
+    monkeypatch.setattr(atomic.os, "replace", refuse)
+    with pytest.raises(OFAError, match=r"could not write .*supernet.safetensors: Permission denied"):
+        rd.save_weights(rd.load_supernet(), rd.load_space())
+    monkeypatch.undo()
+    assert attempts and not any(t.exists() for t in attempts) and not _temps(rd.path)
     assert rd.weights_file.read_bytes() == before
+
+
+def test_run_directory_under_a_file_is_a_clear_error(tmp_path, capsys):
+    """A real OS refusal, no patching: the run directory's parent is a regular file."""
+    (tmp_path / "notes.txt").write_text("a file, not a directory")
+    rd = RunDir(tmp_path / "notes.txt" / "run")
+    from elastic.spaces import get_space
+
+    with pytest.raises(OFAError, match="could not write"):
+        rd.save_space(get_space("mbv3-w1.0-small", n_classes=10))
+    line = _one_error(["train", "--run", str(rd.path), "--data", "digits", "--subset", "32", "--epochs", "1",
+                       "--no-progress"], capsys)
+    assert "notes.txt" in line
+    assert (tmp_path / "notes.txt").read_text() == "a file, not a directory"
 
 
 def _unsafe_loads(tree: ast.AST) -> list[str]:
@@ -260,6 +284,29 @@ def test_crafted_pickle_in_train_state_is_refused(tmp_path, capsys):
     assert not marker.exists()
 
 
+# Run `ofa` in a child that SIGKILLs itself halfway through writing the second specialized folder's arch.json (its
+# last file): the kill lands inside a write every time, not wherever a polling parent happens to catch it.
+_KILL_MID_WRITE = """
+import os, signal, sys
+from pathlib import Path
+real = Path.write_text
+seen = []
+def write_text(self, data, *a, **k):
+    if self.name == "arch.json" and ".tmp-" in self.parent.name:
+        seen.append(self)
+        if len(seen) == 2:
+            with open(self, "w") as fh:
+                fh.write(data[: len(data) // 2])
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.kill(os.getpid(), signal.SIGKILL)
+    return real(self, data, *a, **k)
+Path.write_text = write_text
+from ofa.cli import main
+main(sys.argv[1:])
+"""
+
+
 def test_sigkill_during_specialize_then_rerun(tmp_path, capsys):
     from elastic.complexity import macs
     from ofa.accuracy_data import plan_subnets
@@ -273,26 +320,28 @@ def test_sigkill_during_specialize_then_rerun(tmp_path, capsys):
     fit_accuracy_predictor(space, archs, accs, kinds=["ridge"], folds=2, holdout=0.0).save(rd.path / "predictors")
     m = macs(space, [space.smallest(), space.largest()])
     budgets = f"{m[0] * 1.5 / 1e6:.1f}M,{m[1] * 0.6 / 1e6:.1f}M"
-    argv = ["specialize", "--run", str(rd.path), "--device", "pixel1", "--macs", budgets, "--no-measure", "--json"]
+    argv = ["specialize", "--run", str(rd.path), "--device", "flops", "--macs", budgets, "--no-measure", "--json"]
     base = rd.path / "specialized"
-    proc = subprocess.Popen([sys.executable, "-m", "ofa", *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    deadline, seen_tmp = time.time() + 120, False
-    while time.time() < deadline and proc.poll() is None:
-        hidden = [p for p in base.glob(".*")] if base.exists() else []
-        if hidden or (base.exists() and any(base.iterdir())):   # first write under way (or first folder in place)
-            seen_tmp = bool(hidden)
-            os.kill(proc.pid, signal.SIGKILL)
-            break
-        time.sleep(0.005)
-    proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.read()
-    for folder in [p for p in base.iterdir() if not p.name.startswith(".")]:   # anything visible is complete
-        load(folder)
+    proc = subprocess.run([sys.executable, "-c", _KILL_MID_WRITE, *argv], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    # the torn write is on disk: a hidden temp folder whose arch.json is half a JSON document ...
+    hidden = [p for p in base.iterdir() if p.name.startswith(".")]
+    assert len(hidden) == 1 and ".tmp-" in hidden[0].name and (hidden[0] / "model.safetensors").is_file()
+    torn = (hidden[0] / "arch.json").read_text()
+    assert torn and not torn.rstrip().endswith("}")
+    with pytest.raises(OFAError):
+        load(hidden[0])
+    # ... and never visible: the one folder in place is the first budget's, complete
+    visible = [p for p in base.iterdir() if not p.name.startswith(".")]
+    assert len(visible) == 1
+    net = load(visible[0])
+    assert net(torch.zeros(1, space.in_channels, net.arch.r, net.arch.r)).shape == (1, 10)
     main(argv)
     docs = json.loads(capsys.readouterr().out)["results"]
     assert len(docs) == 2
     for d in docs:
         net = load(d["path"])
-        assert net(torch.zeros(1, 1 if space.in_channels == 1 else space.in_channels, net.arch.r, net.arch.r)).shape == (1, 10)
-    assert sorted(p.name for p in base.iterdir()) == sorted(Path(d["path"]).name for d in docs), seen_tmp  # no leftovers
+        assert net(torch.zeros(1, space.in_channels, net.arch.r, net.arch.r)).shape == (1, 10)
+    # the rerun removed the dead process's temp folder: only the two results are left
+    assert sorted(p.name for p in base.iterdir()) == sorted(Path(d["path"]).name for d in docs)

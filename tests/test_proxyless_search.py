@@ -153,7 +153,16 @@ def test_supernet_search_meets_budget_and_keeps_supernet(space, predictor, super
     assert arch.r in res
     assert info["latency"] == pytest.approx(float(predictor.predict([arch])[0]))
     assert info["latency"] <= budget
-    assert info["feasible_by"].split(";")[0] == "search" or info["feasible_by"].startswith(("strengthened", "greedy"))
+    # how the budget was met agrees with what the search did (2 search steps, at most 1 strengthening round)
+    phases = [h["phase"] for h in info["history"]]
+    how = info["feasible_by"].split(";")[0]
+    if how == "search":
+        assert phases == ["search", "search"] and info["note"] is None
+    elif how.startswith("strengthened"):
+        assert phases == ["search", "search", "budget1"] and info["note"] is None
+    else:
+        assert how.startswith("greedy fallback") and "missed the budget" in info["note"]
+        assert phases[:2] == ["search", "search"] and len(phases) <= 3
     # what the argmax left of the budget is spent: no single change to a costlier choice still fits
     costlier = []   # latencies of every arch one kernel or expand change away that costs more
     for i in range(2 * space.n_blocks):
