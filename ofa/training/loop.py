@@ -167,6 +167,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] | N
     """
     info = init_distributed(cfg.device)
     run = RunDir(cfg.run)
+    run.check_creatable()   # before the data is read
     say = (log or print) if info.is_main else (lambda msg: None)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -221,7 +222,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] | N
     if state is not None:
         check_resume_world(state.get("world"), info.world, cfg, space)
     if info.is_main:
-        run.path.mkdir(parents=True, exist_ok=True)
+        run.create()
         if not run.space_file.exists():
             run.save_space(space)
         if not run.data_file.exists():
