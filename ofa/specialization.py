@@ -155,7 +155,8 @@ def specialize(run: str | Path | None = None, *, device: str, latency: Any = Non
                backend: str = "evolution", export: Sequence[str] | str = (), pareto: bool = False, seed: int = 0,
                calib_images: int = 2000, measure: bool = True, evaluate: bool = True,
                out_dir: str | Path | None = None, progress: bool = False, resolution: Any = None,
-               data: Any = None, allow_extrapolation: bool = False, **search_overrides: Any) -> list[Specialized]:
+               data: Any = None, allow_extrapolation: bool = False, compute_device: str | None = None,
+               **search_overrides: Any) -> list[Specialized]:
     """Search the best arch per budget and (with a run) write each extracted network to disk.
 
     `latency` takes '40ms' / '20ms,30ms,40ms' / 40.0 / [20, 30]; `macs` '300M'; `params` '5M'. `resolution`
@@ -169,14 +170,18 @@ def specialize(run: str | Path | None = None, *, device: str, latency: Any = Non
     population=, generations=, patience=, ...; proxyless: steps=, budget_rounds=, ...). Re-specializing a budget
     replaces its folder atomically. `data` (a `DataBundle` or a `--data` value such as 'imagefolder:PATH')
     replaces the run's own data for BN recalibration and test accuracy; a run whose data.json only describes its
-    data (an imported supernet) keeps the supernet's BN statistics without it, and says so.
+    data (an imported supernet) keeps the supernet's BN statistics without it, and says so. `compute_device`
+    (auto, cpu, cuda, cuda:N; default auto) runs the proxyless search, the extraction, BN recalibration and test
+    evaluation; the networks are saved, exported and timed from the CPU either way.
     """
     from ofa.export import parse_exports
+    from ofa.training.distributed import pick_device
     from predictors.latency import get_latency_predictor
     from specialize import evolution
 
     if backend not in BACKENDS:
         raise OFAError(f"unknown backend '{backend}'; allowed: {', '.join(BACKENDS)}")
+    compute = pick_device(compute_device)
     exports = parse_exports(export) if isinstance(export, str) else parse_exports(",".join(export))
     cons = build_constraints(latency, macs, params)
     say = print if progress else None
@@ -240,7 +245,7 @@ def specialize(run: str | Path | None = None, *, device: str, latency: Any = Non
     else:
         if res is not None:
             search_overrides = {**search_overrides, "resolutions": res}
-        found, front = _proxyless_results(rd, sp, acc_pred, lat_pred, cons, seed, search_overrides)
+        found, front = _proxyless_results(rd, sp, acc_pred, lat_pred, cons, seed, search_overrides, compute)
     search_seconds = time.perf_counter() - t0
 
     extra: dict[str, Any] = {"search_domain": dom.to_dict()}
@@ -262,7 +267,7 @@ def specialize(run: str | Path | None = None, *, device: str, latency: Any = Non
 
     if rd is not None:
         _materialize(rd, sp, results, profile, exports, calib_images, measure, evaluate, base, backend, seed,
-                     progress, data)
+                     progress, data, compute)
     elif base is not None:
         _write_arch_only(base, sp, results, device, backend)
     if pareto and base is not None:
@@ -290,14 +295,14 @@ def _load_accuracy_predictor(path, space: SpaceSpec):
     return AccuracyPredictor.load(p)
 
 
-def _proxyless_results(rd, sp, acc_pred, lat_pred, cons, seed, overrides):
+def _proxyless_results(rd, sp, acc_pred, lat_pred, cons, seed, overrides, compute="cpu"):
     if rd is None:
         raise OFAError("--backend proxyless needs --run DIR: it trains architecture parameters on the run's supernet")
     from specialize.evolution import SearchResult
     from specialize.proxyless import search_over_supernet
     from elastic.complexity import macs as macs_of, params as params_of
 
-    supernet = rd.load_supernet()
+    supernet = rd.load_supernet().to(compute)
     bundle = rd.load_data()
     out = []
     for c in cons:
@@ -350,8 +355,8 @@ def run_data(rd, needed: bool = True):
 
 
 def _materialize(rd, sp, results, profile, exports, calib_images, measure, evaluate, base, backend, seed, progress,
-                 data=None):
-    supernet = rd.load_supernet()
+                 data=None, compute="cpu"):
+    supernet = rd.load_supernet().to(compute)
     bundle = data if data is not None else run_data(rd, bool(evaluate or calib_images))
     provenance = {"run": str(rd.path), "supernet_sha256": file_digest(rd.weights_file),
                   "data": bundle.config if bundle is not None else rd.data_config(), "seed": seed}
@@ -369,6 +374,7 @@ def write_subnet(supernet, sp: SpaceSpec, r: Specialized, folder: Path, *, bundl
                  progress: bool = False, described: dict[str, Any] | None = None) -> Path:
     """Extract `r.arch` from `supernet`, recalibrate its BN on `calib_images` training images of `bundle`,
     measure its test accuracy (and its latency here when `profile` is measurable), write it into `folder`.
+    Extraction, recalibration and evaluation run on the supernet's device; the net is saved from the CPU.
 
     Without `bundle` the BN statistics are the supernet's own, and `r.note` says so; `described` (a run's data
     description) then supplies the class names and input normalization. `r` is updated in place.
@@ -378,13 +384,14 @@ def write_subnet(supernet, sp: SpaceSpec, r: Specialized, folder: Path, *, bundl
     from ofa.training.evaluate import accuracy, calibration_batches
 
     calib = {} if calib_cache is None else calib_cache
-    net = supernet.extract(r.arch)
+    net = supernet.extract(r.arch)   # on the supernet's device
+    dev = next(net.parameters()).device
     cost: dict[str, Any] = {}
     if bundle is not None and calib_images:
         t0 = time.perf_counter()
         if r.arch.r not in calib:
             calib.clear()  # one resolution's images at a time (2,000 ImageNet crops at 224 px are 1.2 GB)
-            calib[r.arch.r] = calibration_batches(bundle, r.arch.r, calib_images, seed=seed)
+            calib[r.arch.r] = calibration_batches(bundle, r.arch.r, calib_images, seed=seed, device=dev)
         recalibrate_bn(net, calib[r.arch.r])
         cost.update(calib_images=sum(len(b) for b in calib[r.arch.r]), calib_seconds=time.perf_counter() - t0)
         bn_stats = f"recalibrated on {cost['calib_images']} training images of {bundle.name} at {r.arch.r} px"
@@ -396,8 +403,9 @@ def write_subnet(supernet, sp: SpaceSpec, r: Specialized, folder: Path, *, bundl
     net.eval()
     if evaluate and bundle is not None:
         t0 = time.perf_counter()
-        r.test_accuracy = accuracy(net, bundle, "test", r.arch.r)
+        r.test_accuracy = accuracy(net, bundle, "test", r.arch.r, device=dev)
         cost.update(eval_images=len(bundle.test), eval_seconds=time.perf_counter() - t0)
+    net = net.cpu()   # timed, saved and exported from the CPU
     if profile is not None and _measurable_here(profile):
         r.measured_latency_ms = measure_latency_here(profile, net.net_spec)
     prov = dict(provenance or {})
@@ -413,7 +421,7 @@ def write_subnet(supernet, sp: SpaceSpec, r: Specialized, folder: Path, *, bundl
     meta["bn_statistics"] = bn_stats
     meta["cost"] = cost
     r.extra["cost"] = cost
-    example = calib[r.arch.r][0][:4] if calib.get(r.arch.r) else None  # real images: exports checked in range
+    example = calib[r.arch.r][0][:4].cpu() if calib.get(r.arch.r) else None  # real images: exports checked in range
     r.path = save_specialized(folder, net, meta, exports=exports, example=example)
     if "onnx-int8" in exports:  # quantized after the folder is in place: a failure leaves the fp32 files as written
         from ofa.int8_export import export_int8

@@ -28,6 +28,7 @@ def fit_predictor_cmd(
                                                  "torchrun the subnets are shared out over the processes."),
     device: Optional[str] = typer.Option(None, "--device", hidden=True, help=DEPRECATED_HELP),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for evaluation (default: torch's)."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Collect (resumable) an accuracy dataset from RUN, fit the best predictor, save it under RUN/predictors/."""
@@ -55,7 +56,7 @@ def fit_predictor_cmd(
 
     info = init_distributed(compute)   # under torchrun: this process's share of the subnets, on its device
     data = collect_from_run(rd.path, samples, seed=seed, resume=resume, calib_images=calib_images, limit=limit,
-                            device=compute, threads=threads, progress=not as_json)
+                            device=compute, threads=threads, progress=not (as_json or no_progress))
     shutdown(info)
     if not info.is_main:   # rank 0 fits and saves the predictor
         return

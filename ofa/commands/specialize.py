@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from ofa.cli import app
+from ofa.compute_device_option import HELP
 
 
 @app.command("specialize")
@@ -27,6 +28,8 @@ def specialize_cmd(
     allow_extrapolation: bool = typer.Option(False, "--allow-extrapolation", help="Also search resolutions outside the domains the accuracy predictor and the device profile were fit on (default: only inside; results outside are marked extrapolated)."),
     data: Optional[str] = typer.Option(None, "--data", help="Images for BN recalibration and test accuracy: imagefolder:PATH (train/ + val/) or a dataset name (default: the run's own data; an imported supernet without it keeps its BN statistics)."),
     seed: int = typer.Option(0, "--seed", help="Search seed."),
+    compute_device: Optional[str] = typer.Option(None, "--compute-device", help=HELP + " Runs the proxyless search, "
+                                                 "extraction, BN recalibration and test accuracy (default: auto)."),
     no_measure: bool = typer.Option(False, "--no-measure", help="Do not time the result on this machine."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
@@ -41,7 +44,8 @@ def specialize_cmd(
     results = specialize(run, device=device, latency=latency, macs=macs, params=params, space=space,
                          accuracy_predictor=accuracy_predictor, backend=backend, export=export or (), pareto=pareto,
                          seed=seed, measure=not no_measure, out_dir=out, progress=not as_json,
-                         resolution=resolution, allow_extrapolation=allow_extrapolation, data=data)
+                         resolution=resolution, allow_extrapolation=allow_extrapolation, data=data,
+                         compute_device=compute_device)
     if as_json:
         docs = [r.to_dict() for r in results]
         print(json.dumps(docs[0] if len(docs) == 1 else {"results": docs, "search_seconds": docs[0]["search_seconds"]},
