@@ -8,7 +8,7 @@ from elastic.arch import Arch
 from elastic.errors import OFAError
 
 __version__ = "0.1.0"
-__all__ = ["Arch", "OFAError", "load", "specialize", "train", "__version__"]
+__all__ = ["Arch", "OFAError", "export", "load", "load_onnx", "specialize", "train", "__version__"]
 
 
 def load(path, map_location="cpu"):
@@ -16,6 +16,23 @@ def load(path, map_location="cpu"):
     from ofa.specialized import load as _load
 
     return _load(path, map_location=map_location)
+
+
+def load_onnx(path, precision="fp32", threads=None):
+    """An onnxruntime InferenceSession of a specialized folder's `model.onnx` (fp32) or `model.int8.onnx` (int8),
+    checked against the folder's weights; input `input` (NCHW float32, normalized as arch.json's `input` says),
+    output `logits`, any batch size (see ofa.int8_export.load_onnx)."""
+    from ofa.int8_export import load_onnx as _load_onnx
+
+    return _load_onnx(path, precision=precision, threads=threads)
+
+
+def export(path, formats="onnx-int8", **kwargs):
+    """Export a specialized or fine-tuned folder again (onnx, torchscript) or quantize it to int8; mirrors
+    `ofa export` (see ofa.export.export_folder)."""
+    from ofa.export import export_folder
+
+    return export_folder(path, formats, **kwargs)
 
 
 def specialize(run=None, **kwargs):

@@ -1,7 +1,15 @@
-"""Export a static network to ONNX (checked against ONNX Runtime) and TorchScript (checked against eager)."""
+"""Export a static network to ONNX (checked against ONNX Runtime) and TorchScript (checked against eager).
+
+`onnx-int8` (the ONNX export quantized to int8) needs calibration images, so it is not written here but by
+`ofa.int8_export.export_int8` once the folder with its `model.onnx` is in place; asking for it implies `onnx`.
+Each export's SHA-256 and that of the weights it was made from are recorded (`export_record`, arch.json's
+`exports`), so that a later step can tell an export that no longer matches the weights.
+"""
 from __future__ import annotations
 
 import io
+import os
+import shutil
 import warnings
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -11,17 +19,29 @@ import torch
 
 from elastic.errors import OFAError
 
-EXPORT_FORMATS = ("onnx", "torchscript")
+EXPORT_FORMATS = ("onnx", "onnx-int8", "torchscript")
+EXPORT_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx", "torchscript": "model.ts"}
 
 
 def parse_exports(text: str | None) -> tuple[str, ...]:
+    """'onnx,torchscript' -> ('onnx', 'torchscript'); 'onnx-int8' brings 'onnx' (what it quantizes) before it."""
     if not text:
         return ()
-    out = tuple(t.strip().lower() for t in text.split(",") if t.strip())
+    out = tuple(dict.fromkeys(t.strip().lower() for t in text.split(",") if t.strip()))
     bad = [t for t in out if t not in EXPORT_FORMATS]
     if bad:
         raise OFAError(f"unknown export format {bad[0]!r}; allowed: {', '.join(EXPORT_FORMATS)} (comma-separated)")
+    if "onnx-int8" in out and "onnx" not in out:
+        out = ("onnx",) + out
     return out
+
+
+def export_record(folder: Path, files: list[str], weights: Path | None = None) -> dict:
+    """{file: {sha256, weights_sha256}} for exports in `folder` made from `weights` (its `model.safetensors`)."""
+    from ofa.specialization import file_digest
+
+    digest = file_digest(weights or folder / "model.safetensors")
+    return {f: {"sha256": file_digest(folder / f), "weights_sha256": digest} for f in files}
 
 
 def _example(net: torch.nn.Module, resolution: int, example: torch.Tensor | None = None) -> torch.Tensor:
@@ -74,9 +94,11 @@ def export_torchscript(net: torch.nn.Module, path: Path, resolution: int, atol: 
 
 def export_model(net: torch.nn.Module, folder: Path, formats: tuple[str, ...], resolution: int,
                  example: torch.Tensor | None = None) -> list[str]:
-    """Export into `folder`; returns the file names written."""
+    """Export into `folder`; returns the file names written (`onnx-int8` is left to `ofa.int8_export`)."""
     written = []
     for fmt in formats:
+        if fmt == "onnx-int8":
+            continue
         if fmt == "onnx":
             export_onnx(net, folder / "model.onnx", resolution, example=example)
             written.append("model.onnx")
@@ -86,3 +108,45 @@ def export_model(net: torch.nn.Module, folder: Path, formats: tuple[str, ...], r
         else:
             raise OFAError(f"unknown export format {fmt!r}; allowed: {', '.join(EXPORT_FORMATS)}")
     return written
+
+
+def export_folder(path: str | Path, formats: str = "onnx-int8", *, data=None, progress: bool = False,
+                  **int8_options) -> dict:
+    """Export a specialized (or fine-tuned) folder's network: `onnx` / `torchscript` are re-written from its
+    `model.safetensors` (atomically, digests recorded), then `onnx-int8` quantizes the folder's `model.onnx`
+    (`ofa.int8_export.export_int8`, which takes `int8_options`; unused without it). Returns {"path", "written",
+    "int8": the int8 section of arch.json}."""
+    from ofa import atomic
+    from ofa.specialized import load, read_meta
+
+    wanted = parse_exports(formats)
+    if not wanted:
+        raise OFAError(f"give at least one export format; allowed: {', '.join(EXPORT_FORMATS)}")
+    folder, meta = read_meta(path)
+    # as given: `onnx-int8` alone quantizes the existing model.onnx (checked fresh) and re-writes nothing else
+    fp32 = [f for f in dict.fromkeys(t.strip().lower() for t in formats.split(",")) if f in EXPORT_FILES
+            and f != "onnx-int8"]
+    written: list[str] = []
+    if fp32:
+        net = load(folder)
+        resolution = int(meta.get("input", {}).get("resolution") or net.net_spec.resolution)
+        tmp = folder / f".export-{os.getpid()}"
+        tmp.mkdir(exist_ok=True)
+        try:
+            names = export_model(net, tmp, tuple(fp32), resolution)
+            record = export_record(tmp, names, weights=folder / "model.safetensors")
+            for name in names:
+                os.replace(tmp / name, folder / name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        meta.setdefault("exports", {}).update(record)
+        meta["files"] = list(dict.fromkeys(list(meta.get("files") or []) + names))
+        atomic.write_json(folder / "arch.json", meta)
+        written += names
+    out: dict = {"path": str(folder), "written": written}
+    if "onnx-int8" in wanted:
+        from ofa.int8_export import INT8_FILE, export_int8
+
+        out["int8"] = export_int8(folder, data=data, progress=progress, **int8_options)
+        written.append(INT8_FILE)
+    return out
