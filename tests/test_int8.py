@@ -175,6 +175,12 @@ def test_bad_inputs_are_one_line_and_leave_fp32_files(folder, exported, tmp_path
     state["classifier.bias"] = state["classifier.bias"] + 1.0
     save_file(state, str(stale / "model.safetensors"))
     fails(stale, match="is stale: model.safetensors changed")
+    # the remedy the message names: re-export onnx from the current weights, then quantize
+    main(["export", str(stale), "--format", "onnx,onnx-int8", "--float-parts", "none", "--no-measure",
+          "--no-evaluate", "--json"])
+    fixed = json.loads(capsys.readouterr().out)
+    assert fixed["written"] == ["model.onnx", "model.int8.onnx"]
+    assert ofa.load_onnx(stale, precision="int8").get_inputs()[0].name == "input"
 
     ok = _copy(folder, tmp_path, "ok")
     fails(ok, "--calib-images", "50", match="needs at least 100 images")
