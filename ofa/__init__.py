@@ -8,7 +8,8 @@ from elastic.arch import Arch
 from elastic.errors import OFAError
 
 __version__ = "0.1.0"
-__all__ = ["Arch", "OFAError", "export", "load", "load_onnx", "specialize", "train", "__version__"]
+__all__ = ["Arch", "OFAError", "export", "extract", "finetune", "import_ofa", "load", "load_onnx", "specialize", "train",
+           "__version__"]
 
 
 def load(path, map_location="cpu"):
@@ -40,6 +41,41 @@ def specialize(run=None, **kwargs):
     from ofa.specialization import specialize as _specialize
 
     return _specialize(run, **kwargs)
+
+
+def finetune(path, epochs, **kwargs):
+    """Fine-tune a specialized net (KD from its run's teacher, or on new data); mirrors `ofa finetune`:
+    `ofa.finetune("checkpoints/x/specialized/pixel1@40ms", epochs=3)` writes `pixel1@40ms-ft` and returns its
+    summary (see ofa.training.finetune.finetune_folder)."""
+    from ofa.training.finetune import finetune_folder
+
+    return finetune_folder(path, epochs, **kwargs)
+
+
+def import_ofa(checkpoint, run=None, **kwargs):
+    """Import weights published with the original Once-for-All code; mirrors `ofa import-ofa`:
+    `ofa.import_ofa("ofa_mbv3_d234_e346_k357_w1.2", "checkpoints/w12")` writes a run directory (a supernet);
+    `ofa.import_ofa("note10_lat@22ms_top1@76.6_finetune@25/", out="nets/note10")` a specialized-net folder
+    (see ofa.ofa_import)."""
+    from pathlib import Path
+
+    from ofa.ofa_import import import_net, import_supernet
+
+    if "out" in kwargs or "net_config" in kwargs or Path(checkpoint).is_dir():
+        if kwargs.get("out") is None:
+            raise OFAError("a specialized network is imported into a folder: give out=DIR")
+        return import_net(checkpoint, kwargs.pop("out"), **kwargs)
+    if run is None:
+        raise OFAError("a supernet is imported into a run directory: give run=DIR")
+    return import_supernet(checkpoint, run, **kwargs)
+
+
+def extract(run, arch, **kwargs):
+    """The subnet `arch` (ks/e/d/r, or an OFA net_config) of a run's supernet as a specialized-net folder;
+    mirrors `ofa extract` (see ofa.extraction.extract)."""
+    from ofa.extraction import extract as _extract
+
+    return _extract(run, arch, **kwargs)
 
 
 def train(config=None, **kwargs):

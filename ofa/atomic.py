@@ -69,6 +69,35 @@ def torch_save(path: str | Path, obj: Any) -> Path:
     return write_bytes(path, buf.getvalue())
 
 
+def staging_dir(target: str | Path) -> Path:
+    """A new hidden folder beside `target` (`.NAME.tmp-PID-*`, usual permissions) to build it in."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
+    return tmp
+
+
+def replace_dir(tmp: str | Path, target: str | Path) -> None:
+    """Rename the finished folder `tmp` onto `target`; an existing `target` is first moved aside (to
+    `.NAME.old-PID-*`, put back if the second rename fails) and deleted once the new one is in place."""
+    import shutil
+    import time
+
+    tmp, target = Path(tmp), Path(target)
+    if not target.exists():
+        os.replace(tmp, target)
+        return
+    old = target.with_name(f".{target.name}.old-{os.getpid()}-{time.time_ns()}")
+    os.replace(target, old)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -57,11 +57,12 @@ def default_folder(run_path: Path, arch: Arch) -> Path:
 
 def extract(run: str | Path, arch: Any, *, out: str | Path | None = None, recalibrate: bool | None = None,
             data: Any = None, calib_images: int = 2000, evaluate: bool = True, export: Any = (), seed: int = 0,
-            workers: int | None = None, progress: bool = False):
+            workers: int | None = None, eval_images: int | None = None, progress: bool = False):
     """Write the subnet `arch` of run `run` to `out` (default RUN/extracted/r<R>-<hash>); returns a `Specialized`.
 
     recalibrate: None recalibrates when images are at hand (the run's data or `data`), True demands them,
-    False keeps the supernet's BN statistics. evaluate: measure test accuracy when images are at hand.
+    False keeps the supernet's BN statistics. evaluate: measure test accuracy when images are at hand (on a
+    seeded `eval_images` of the test split of `data` when given).
     """
     from elastic.complexity import macs, params
     from ofa.export import parse_exports
@@ -76,7 +77,9 @@ def extract(run: str | Path, arch: Any, *, out: str | Path | None = None, recali
     sp = rd.load_space()
     a = parse_arch(arch, sp)
     folder = Path(out).expanduser() if out is not None else default_folder(rd.path, a)
-    bundle = load_data_arg(data, n_classes=sp.n_classes, workers=workers, progress=progress)
+    if eval_images is not None and (isinstance(eval_images, bool) or not isinstance(eval_images, int) or eval_images < 1):
+        raise OFAError(f"evaluation images must be an integer >= 1, got {eval_images!r}")
+    bundle = load_data_arg(data, n_classes=sp.n_classes, workers=workers, progress=progress, eval_size=eval_images)
     if bundle is None and (recalibrate is not False or evaluate):
         bundle = run_data(rd)
         if bundle is not None:

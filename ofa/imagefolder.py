@@ -247,8 +247,9 @@ def bundle_from_config(config: dict[str, Any], workers: int | None = None, progr
                        f"allowed: {', '.join(sorted(CONFIG_FIELDS | DESCRIPTION_FIELDS))}")
     if not config.get("root"):
         what = config.get("dataset") or "an image dataset"
-        raise OFAError(f"this run describes its data ({what}) but holds no path to the images; "
-                       "give them with --data imagefolder:PATH (train/ and val/ folders of class sub-folders)")
+        raise OFAError(f"the run's data ({what}) is described, but no images are recorded: import the supernet "
+                       "with --data imagefolder:PATH (train/ and val/ folders of class sub-folders), or give --data "
+                       "to `ofa extract` / `ofa specialize`")
     return get_imagefolder(config["root"], val_size=config.get("val_size"), split_seed=int(config.get("split_seed", 0)),
                            subset_size=config.get("subset_size"), eval_size=config.get("eval_size"),
                            image_size=int(config.get("image_size", NATIVE)), calib=config.get("calib", "train"),

@@ -19,7 +19,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from elastic.errors import OFAError
 from elastic.ofa_compat import (PUBLISHED_SUPERNETS, checkpoint_layout, n_classes_of, netspec_from_ofa_config,
                                 spaces_like, static_from_ofa, supernet_from_ofa)
 from elastic.spaces import SPACES, get_space
+from ofa import atomic
 
 IMPORT_FILE = "imported.json"
 IMPORT_FORMAT = "ofa-import/1"
@@ -148,31 +148,6 @@ def _check_target(path: Path, overwrite: bool, what: str) -> None:
         raise OFAError(f"{path} already exists; pass --overwrite to replace it with the imported {what}")
 
 
-def _publish(tmp: Path, target: Path) -> None:
-    """Rename the finished `tmp` folder onto `target` (an existing one is swapped out, then deleted)."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}-{time.time_ns()}")
-        os.replace(target, old)
-    try:
-        os.replace(tmp, target)
-    except BaseException:
-        if old is not None:
-            os.replace(old, target)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _staging(target: Path) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700 folders; give the usual permissions
-    return tmp
-
-
 def _attach_ofa_predictor(folder: Path) -> str:
     """Save OFA's published predictor (its domain recorded in meta['domain']) into `folder`; describes it."""
     from predictors.domain import predictor_domain
@@ -220,7 +195,7 @@ def import_supernet(checkpoint: str | Path, run: str | Path, *, space: str | Non
                   "layout_of": PUBLISHED_SUPERNETS.get(name),
                   "imported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "ofa_version": __version__}
     result = ImportResult(target, "supernet", n_classes, space=name, provenance=provenance)
-    tmp = _staging(target)
+    tmp = atomic.staging_dir(target)
     try:
         rd = RunDir(tmp)
         rd.save_space(sp)
@@ -232,8 +207,6 @@ def import_supernet(checkpoint: str | Path, run: str | Path, *, space: str | Non
             except OSError:
                 shutil.copyfile(rd.weights_file, rd.stage_weights_file(stage))
         rd.save_data_config(_data_config(sp, n_classes, bundle))
-        from ofa import atomic
-
         atomic.write_json(tmp / IMPORT_FILE, provenance)
         if name == "mbv3-w1.2" and n_classes == 1000:
             domain = _attach_ofa_predictor(tmp / "predictors")
@@ -244,7 +217,7 @@ def import_supernet(checkpoint: str | Path, run: str | Path, *, space: str | Non
                    f"import with --data imagefolder:PATH (images of its {n_classes} classes), then run "
                    f"`ofa fit-predictor --run {target}`")
             result.notes.append(f"no accuracy predictor ships for {name} with {n_classes} classes: {how}")
-        _publish(tmp, target)
+        atomic.replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

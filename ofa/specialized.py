@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ from elastic.arch import Arch
 from elastic.errors import OFAError
 from elastic.spaces import space_from_dict
 from elastic.static_net import StaticNet
+from ofa import atomic
 
 FORMAT = "ofa-specialized/1"
 ARCH_ONLY_FORMAT = "ofa-arch/1"      # `ofa specialize` without a run: arch.json alone
@@ -88,7 +87,7 @@ def _drop_int8_figures(meta: dict[str, Any]) -> None:
 
 def _save(out_dir: Path, net: torch.nn.Module, meta: dict[str, Any], exports: tuple[str, ...],
           example: torch.Tensor | None) -> Path:
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-{os.getpid()}-", dir=out_dir.parent))
+    tmp = atomic.staging_dir(out_dir)
     try:
         state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"))
@@ -106,17 +105,7 @@ def _save(out_dir: Path, net: torch.nn.Module, meta: dict[str, Any], exports: tu
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}-{time.time_ns()}")
-            os.replace(out_dir, old)
-            try:
-                os.replace(tmp, out_dir)
-            except BaseException:
-                os.replace(old, out_dir)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        atomic.replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

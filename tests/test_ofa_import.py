@@ -20,19 +20,11 @@ from elastic.ofa_compat import map_ofa_key, ofa_key, static_from_ofa_config
 from ofa.cli import main
 from ofa.run_dir import RunDir
 from nontrivial_state import randomize
-from test_elastic_ofa_compat import REFERENCE, case_input, rebuild_state_dict
+from test_elastic_ofa_compat import REFERENCE, _threads, case_input, rebuild_state_dict  # noqa: F401 (one thread)
 
 FILES = sorted(REFERENCE.glob("*.json"))
 NAMES = [p.stem for p in FILES]
 PUBLISHED = REFERENCE.parent / "latency" / "published_nets"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 class _Pickled:

@@ -23,6 +23,8 @@ def extract_cmd(
                                        "imagefolder:PATH (train/ + val/), or a dataset name (default: the run's)."),
     calib_images: int = typer.Option(2000, "--calib-images", help="Training images for BN recalibration."),
     evaluate: bool = typer.Option(True, "--evaluate/--no-evaluate", help="Measure test accuracy (with images)."),
+    eval_images: Optional[int] = typer.Option(None, "--eval-images", help="Evaluate on this many test images of "
+                                              "--data (a seeded subset; default: all)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Image decoding processes (default: cores - 1)."),
     export: Optional[str] = typer.Option(None, "--export", help="Also export: onnx, torchscript (comma-separated)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the calibration images."),
@@ -35,7 +37,7 @@ def extract_cmd(
     if workers is not None and workers < 0:
         raise OFAError(f"--workers must be >= 0, got {workers}")
     r = extract(run, arch, out=out, recalibrate=recalibrate, data=data, calib_images=calib_images, evaluate=evaluate,
-                export=export or (), seed=seed, workers=workers, progress=not as_json)
+                export=export or (), seed=seed, workers=workers, eval_images=eval_images, progress=not as_json)
     if as_json:
         print(json.dumps(r.to_dict(), indent=2))
         return
