@@ -48,31 +48,27 @@ def stratified_archs(space: SpaceSpec, n: int, seed: int = 0) -> list[Arch]:
     if n < 2:
         raise OFAError(f"--n must be at least 2 (the smallest and the largest subnet), got {n}")
     rng = np.random.default_rng(seed)
-    out = [space.smallest(), space.largest()]
-    seen = {space.canonical(a) for a in out}
     m = n - 2
-    levels = [(rng.permutation(m) + rng.random(m)) / max(m, 1) for _ in range(4)] if m else []
+    # row j: the four levels of stratified probe j, each column a random permutation of m strata
+    levels = np.stack([(rng.permutation(m) + rng.random(m)) / max(m, 1) for _ in range(4)], axis=1)
     res = sorted(space.resolutions)
-    tries = 0
-    i = 0
-    while len(out) < n:
-        u_r, u_d, u_w, u_k = (lv[i % m] for lv in levels) if tries < 50 * n else rng.random(4)
-        arch = Arch(
-            ks=tuple(_pick(sorted(space.ks_choices), u_k, rng) for _ in range(space.n_blocks)),
-            e=tuple(_pick(sorted(space.e_choices), u_w, rng) for _ in range(space.n_blocks)),
-            d=tuple(_pick(space.depth_choices(s), u_d, rng) for s in range(space.n_stages)),
-            r=res[min(int(u_r * len(res)), len(res) - 1)],
-        )
-        tries += 1
-        key = space.canonical(arch)
-        if key in seen:
-            if tries > 200 * n:
-                raise OFAError(f"space {space.name} has fewer than {n} distinct subnets to probe")
-            continue
-        seen.add(key)
-        out.append(arch)
-        i += 1
-    return out
+
+    def draw(u_r: float, u_d: float, u_w: float, u_k: float) -> Arch:
+        return Arch(ks=tuple(_pick(sorted(space.ks_choices), u_k, rng) for _ in range(space.n_blocks)),
+                    e=tuple(_pick(sorted(space.e_choices), u_w, rng) for _ in range(space.n_blocks)),
+                    d=tuple(_pick(space.depth_choices(s), u_d, rng) for s in range(space.n_stages)),
+                    r=res[min(int(u_r * len(res)), len(res) - 1)])
+
+    chosen = {space.canonical(a): a for a in (space.smallest(), space.largest())}
+    for row in levels:
+        for attempt in range(50):   # a duplicate: draw the scatter again (then, rarely, fresh levels)
+            arch = draw(*(row if attempt < 25 else rng.random(4)))
+            if space.canonical(arch) not in chosen:
+                chosen[space.canonical(arch)] = arch
+                break
+        else:
+            raise OFAError(f"space {space.name} has too few distinct subnets for {n} probes")
+    return list(chosen.values())
 
 
 @dataclass
@@ -105,8 +101,10 @@ def _digest(data: bytes) -> str:
 
 
 def write_probes(space: SpaceSpec, out: str | Path, n: int = 40, batch: int = 1, seed: int = 0,
-                 force: bool = False, progress: Callable[[int, int], None] | None = None) -> Manifest:
-    """Write `n` probe networks of `space` at `batch` with the timing kit into `out` (see the module doc)."""
+                 force: bool = False, progress: Callable[[int, int], None] | None = None,
+                 precision: str = "fp32") -> Manifest:
+    """Write `n` probe networks of `space` at `batch` with the timing kit into `out` (see the module doc).
+    `precision` "int8": each probe is quantized to int8 (`predictors.quantize`, static QDQ) before it is written."""
     import torch
 
     from elastic.netspec import net_macs, net_params
@@ -116,6 +114,11 @@ def write_probes(space: SpaceSpec, out: str | Path, n: int = 40, batch: int = 1,
         raise OFAError(f"--n must be between 2 and {MAX_PROBES}, got {n}")
     if not isinstance(batch, int) or batch < 1:
         raise OFAError(f"--batch must be a positive integer, got {batch}")
+    if precision != "fp32":
+        from predictors.quantize import check_precision, quantize_for_timing, require_int8_runtime
+
+        check_precision(precision)
+        require_int8_runtime()
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OFAError(f"--out {out} exists and is not a folder")
@@ -134,7 +137,10 @@ def write_probes(space: SpaceSpec, out: str | Path, n: int = 40, batch: int = 1,
             net = space.net_spec(arch)
             torch.manual_seed(seed * 100_003 + i)
             shape = (batch, net.in_channels, net.resolution, net.resolution)
-            data = export_onnx(build_module(net), torch.randn(*shape))
+            x = torch.randn(*shape)
+            data = export_onnx(build_module(net), x)
+            if precision == "int8":
+                data = quantize_for_timing(data, x.numpy())
             pid = f"p{i:03d}"
             (tmp / f"{pid}.onnx").write_bytes(data)
             probes.append({"id": pid, "file": f"{pid}.onnx", "arch": arch.to_dict(), "input_shape": list(shape),
@@ -145,6 +151,7 @@ def write_probes(space: SpaceSpec, out: str | Path, n: int = 40, batch: int = 1,
         set_id = _digest(json.dumps([space.to_dict(), batch, [p["sha256"] for p in probes]]).encode())[:12]
         manifest = {"format": FORMAT, "version": VERSION, "id": set_id, "space": space.to_dict(),
                     "family": space.family, "batch": batch, "seed": seed, "n": n, "opset": ONNX_OPSET,
+                    "precision": precision,
                     "input": {"name": "x", "layout": "NCHW", "dtype": "float32"}, "output": {"name": "y"},
                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "probes": probes}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))

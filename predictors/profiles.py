@@ -214,7 +214,7 @@ def load_profile(device: str | Path, first: Sequence[str | Path] = ()) -> Profil
             return load_profile_file(candidate)
     files = _profile_files()
     if text not in files:
-        hint = " (run `ofa profile --device cpu` to measure this machine)" if text in ("cpu", "cuda") else ""
+        hint = f" (run `ofa profile --device {text}` to measure this machine)" if text in ("cpu", "cuda") else ""
         looked = "".join(f"{Path(f) / (text + '.json')}, " for f in first)
         raise OFAError(f"unknown device '{text}'{hint}: looked for {looked}{user_profile_dir() / (text + '.json')} "
                        f"and the shipped profiles; known devices: {', '.join(sorted(files)) or 'none'}; "

@@ -26,13 +26,16 @@ SPACE = "mbv3-w0.5-small"
 
 
 def _cli(argv, capsys):
+    """(exit code, stdout, stderr) of `ofa ARGV` run in this process."""
     from ofa.cli import main
 
-    with pytest.raises(SystemExit) as exc:
+    try:
         main(argv)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")
