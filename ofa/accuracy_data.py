@@ -237,14 +237,12 @@ def collect(space: SpaceSpec, csv_path: str | os.PathLike, n: int, evaluate: Cal
     archs, accs, rows = list(existing.archs), list(existing.accuracies), list(existing.rows)
     if mine:
         from elastic.netspec import net_macs, net_params
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from ofa.progress import Progress
 
         what = "measuring subnets" if world == 1 else f"measuring subnets (rank 0's share of {len(todo)}, {world} ranks)"
-        cols = (TextColumn(f"[bold]{what}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                TextColumn("{task.fields[last]}"))
-        with Progress(*cols, disable=not (progress and rank == 0), transient=False) as bar:
+        with Progress(progress and rank == 0) as bar:
             total, left = (n, len(todo)) if world == 1 else (len(mine), len(mine))
-            task = bar.add_task("subnets", total=total, completed=total - left, last="")
+            task = bar.task(what, total, total - left)
             for i, arch in mine:
                 t = time.perf_counter()
                 acc = float(evaluate(arch))
@@ -258,7 +256,7 @@ def collect(space: SpaceSpec, csv_path: str | os.PathLike, n: int, evaluate: Cal
                 archs.append(arch)
                 accs.append(round(acc, 6))
                 rows.append(row)
-                bar.update(task, advance=1, last=f"last {100 * acc:.2f}% ({arch.summary()[:24]})")
+                bar.update(task, last=f"{100 * acc:.2f}% ({arch.summary()[:24]})")
     if world == 1:
         return AccuracyDataset(archs, accs, rows)
     channel.wait()                   # the slowest rank may take long: a wait of up to LONG_WAIT

@@ -21,8 +21,10 @@ def auto_budgets(space, lat_pred, fractions: Sequence[float] = BUDGET_FRACTIONS)
     return [float(f"{lo + f * (hi - lo):.3g}") for f in fractions]
 
 
-def _cpu_profile(run_path: Path, space, say: Callable[[str], None]) -> Path:
+def _cpu_profile(run_path: Path, space, say: Callable[[str], None], n_fit: int = 40, n_test: int = 12,
+                 rounds: int = 5) -> Path:
     """This machine's measured profile for the run's space (measured once, kept in the run directory)."""
+    from ofa.progress import Progress, callback
     from predictors.measure import fit_measured_profile
     from predictors.profiles import load_profile_file
 
@@ -34,89 +36,152 @@ def _cpu_profile(run_path: Path, space, say: Callable[[str], None]) -> Path:
             return path
         except OFAError:
             say(f"cpu latency profile at {path} is unreadable; measuring again")
-    say("measuring this CPU (ONNX Runtime, 1 thread) on sampled subnets ...")
-    prof = fit_measured_profile(space, name="cpu", device="cpu", runtime="onnxruntime", threads=1, n_fit=40,
-                                n_test=12, rounds=5)
+    say(f"measuring this CPU (ONNX Runtime, 1 thread) on {n_fit} + {n_test} sampled subnets ...")
+    with Progress() as bar:
+        prof = fit_measured_profile(space, name="cpu", device="cpu", runtime="onnxruntime", threads=1, n_fit=n_fit,
+                                    n_test=n_test, rounds=rounds, progress=callback(bar, "cpu profile"))
     prof.save(path)
     say(f"cpu latency profile: {prof.error.get('summary', '')} -> {path}")
     return path
 
 
-def quickstart(run: str | Path = "checkpoints/quickstart", *, data: str | None = None,
-               devices: Sequence[str] = DEFAULT_DEVICES, samples: int = 200, schedule: str = "quick",
+class _Clock:
+    """Seconds this job has used: this process's plus what earlier attempts recorded in the budget plan."""
+
+    def __init__(self, offset: float = 0.0):
+        self.offset, self.t0 = offset, time.monotonic()
+
+    def used(self) -> float:
+        return self.offset + time.monotonic() - self.t0
+
+
+def _milestone(rd, plan, clock: _Clock, name: str) -> None:
+    from ofa.training.time_budget import save_plan
+
+    if plan is not None:
+        plan.spent_s[name] = clock.used()
+        save_plan(rd.path, plan)
+
+
+def _final_accuracy(rd, space, calib_images: int) -> dict[str, dict[str, float]]:
+    """The supernet's largest and smallest subnet on the validation and the test split (BN recalibrated)."""
+    from ofa.training.evaluate import evaluate_arch
+
+    net, bundle, cache = rd.load_supernet(), rd.load_data(), {}
+    return {name: {split: evaluate_arch(net, arch, bundle, split, calib_images, "cpu", _calib_cache=cache)
+                   for split in ("val", "test")}
+            for name, arch in (("largest", space.largest()), ("smallest", space.smallest()))}
+
+
+def quickstart(run: str | Path = "checkpoints/quickstart", *, data: str | dict[str, Any] | None = None,
+               devices: Sequence[str] = DEFAULT_DEVICES, samples: int | None = None, schedule: str = "quick",
                seed: int = 0, say: Callable[[str], None] = print, train_overrides: dict[str, Any] | None = None,
-               calib_images: int = 1000) -> dict[str, Any]:
+               calib_images: int = 1000, time_budget: float | None = None) -> dict[str, Any]:
+    """The main job. `time_budget` (seconds): size training, predictor and profile so that the whole job ends
+    within it (`ofa.training.time_budget`); None: the fixed-step schedule, `samples` subnets (default 200)."""
     from ofa import atomic
     from ofa.accuracy_data import collect_from_run
     from ofa.run_dir import RunDir
     from ofa.specialization import specialize
     from ofa.training import TrainConfig, train
+    from ofa.training.time_budget import load_plan, resize_predictor, save_plan
     from predictors.accuracy import AccuracyPredictor, fit_accuracy_predictor, format_report
     from predictors.latency import get_latency_predictor
     from predictors.profiles import load_profile
 
-    t_start = time.perf_counter()
-    timings: dict[str, float] = {}
     rd = RunDir(run)
+    plan = load_plan(rd.path) if time_budget is not None else None
+    clock = _Clock(max(plan.spent_s.values(), default=0.0) if plan is not None else 0.0)
+    timings: dict[str, float] = {}
 
-    # 1) train (resumes from train_state.pt when a previous attempt stopped)
-    t0 = time.perf_counter()
+    # 1) train (resumes from train_state.pt when a previous attempt stopped; a budgeted run follows its plan)
+    t0 = time.monotonic()
     all_done = set(rd.trained_stages()) >= {"full", "kernel", "depth", "expand"} and rd.weights_file.exists()
     resume = rd.state_file.exists()
     if all_done and not resume:
         say(f"training: {rd.path} already holds every stage; skipping")
     else:
-        cfg = TrainConfig(run=str(rd.path), stage="all", schedule=schedule, data={"name": data} if data else {},
-                          seed=seed, **(train_overrides or {}))
-        train(cfg, resume=resume, log=say)
-    timings["train_s"] = time.perf_counter() - t0
+        budget = {} if time_budget is None else {"time_budget": time_budget, "time_budget_scope": "quickstart",
+                                                 "stage_eval": False}   # the job evaluates its supernet at the end
+        data_cfg = {"name": data} if isinstance(data, str) else dict(data or {})
+        cfg = TrainConfig(run=str(rd.path), stage="all", schedule=schedule, data=data_cfg,
+                          seed=seed, **budget, **(train_overrides or {}))
+        train(cfg, resume=resume, log=say, plan_options={"predictor_subnets": samples} if samples else None)
+    if time_budget is not None:
+        plan = load_plan(rd.path)
+        if plan is None:
+            raise OFAError(f"{rd.path} was trained without a time budget; rerun with --time-budget off, or use "
+                           f"another --run")
+        if "trained" not in plan.spent_s:
+            _milestone(rd, plan, clock, "trained")
+    timings["train_s"] = time.monotonic() - t0
     space = rd.load_space()
 
-    # 2) accuracy predictor (collection resumes; fitting is cheap)
-    t0 = time.perf_counter()
+    # 2) accuracy predictor (collection resumes; fitting is cheap). A budget sizes it to the time left, once.
+    t0 = time.monotonic()
     pred_dir = rd.path / "predictors"
-    data_set = collect_from_run(rd.path, samples, seed=seed, resume=True, calib_images=calib_images,
+    pred_calib, pred_limit, n_pred = calib_images, None, samples or 200
+    if plan is not None:
+        if not plan.predictor.get("sized") and not samples:
+            plan.predictor["subnets"] = resize_predictor(plan, clock.used())
+            plan.predictor["sized"] = 1
+            save_plan(rd.path, plan)
+            say(f"time budget: {format_duration(clock.used())} used; the accuracy predictor gets "
+                f"{plan.predictor['subnets']} subnets")
+        n_pred, pred_calib = plan.predictor["subnets"], plan.predictor["calib_images"]
+    data_set = collect_from_run(rd.path, n_pred, seed=seed, resume=True, calib_images=pred_calib, limit=pred_limit,
                                 progress=True)
     acc_pred = fit_accuracy_predictor(space, data_set.archs, data_set.accuracies, seed=seed)
     acc_pred.meta.update({"run": str(rd.path)})
     acc_pred.save(pred_dir)
     say(format_report(acc_pred.report))
-    timings["predictor_s"] = time.perf_counter() - t0
+    timings["predictor_s"] = time.monotonic() - t0
+    _milestone(rd, plan, clock, "predictor")
 
     # 3) devices: this CPU measured, the others from shipped profiles
-    t0 = time.perf_counter()
+    t0 = time.monotonic()
+    prof_size = plan.profile if plan is not None and plan.profile else {}
     device_args = []
     for dev in devices:
-        device_args.append(str(_cpu_profile(rd.path, space, say)) if dev == "cpu" else dev)
-    timings["profile_s"] = time.perf_counter() - t0
+        device_args.append(str(_cpu_profile(rd.path, space, say, **prof_size)) if dev == "cpu" else dev)
+    timings["profile_s"] = time.monotonic() - t0
+    _milestone(rd, plan, clock, "profile")
 
     # 4) specialize each device at budgets spread over its latency range
-    t0 = time.perf_counter()
+    t0 = time.monotonic()
     rows = []
     for dev in device_args:
         prof = load_profile(dev)
         budgets = auto_budgets(space, get_latency_predictor(prof, space))
         say(f"specializing for {prof.name} at {', '.join(f'{b:g} ms' for b in budgets)} ...")
-        # a published mobile profile was fit on 152-240 px networks: on a small-input space it can only
-        # extrapolate, and does so explicitly (each result is marked extrapolated in its note and arch.json)
-        outside = prof.domain is not None and not any(prof.domain.holds(space.family, r) for r in space.resolutions)
-        if outside:
-            say(f"{prof.name}: extrapolating, outside {prof.domain.describe()}")
-        for r in specialize(rd.path, device=dev, latency=budgets, pareto=True, seed=seed, calib_images=calib_images,
-                            allow_extrapolation=outside):
+        for r in specialize(rd.path, device=dev, latency=budgets, pareto=True, seed=seed, calib_images=calib_images):
             rows.append(r.to_dict())
-    timings["specialize_s"] = time.perf_counter() - t0
-    timings["total_s"] = time.perf_counter() - t_start
+    accuracy = _final_accuracy(rd, space, calib_images)
+    timings["specialize_s"] = time.monotonic() - t0
+    timings["total_s"] = time.monotonic() - clock.t0
+    _milestone(rd, plan, clock, "specialized")
 
     errs = [abs(r["test_accuracy"] - r["predicted_accuracy"]) for r in rows if r["test_accuracy"] is not None]
     summary = {
         "run": str(rd.path), "space": space.name, "data": rd.data_config(),
         "accuracy_predictor": AccuracyPredictor.load(pred_dir).report,
-        "stage_evals": {s: rd.stage_eval(s) for s in rd.trained_stages()},
+        "stage_evals": {s: rd.stage_eval(s) for s in rd.trained_stages() if rd.stage_eval_file(s).exists()},
         "results": rows, "mean_abs_accuracy_error": float(np.mean(errs)) if errs else None, "timings": timings,
+        "accuracy": accuracy,
     }
+    if plan is not None:
+        summary["time_budget"] = {"budget_s": plan.budget_s, "used_s": clock.used(),
+                                  "estimate_s": plan.estimate_s, "spent_s": plan.spent_s, "scale": plan.scale,
+                                  "phase_steps": plan.phase_steps, "predictor_subnets": plan.predictor["subnets"],
+                                  "floor": plan.floor, "full_images_per_s": plan.rates.full_images_per_s()}
     atomic.write_json(rd.path / "summary.json", summary)
     return summary
+
+
+def format_duration(seconds: float) -> str:
+    from ofa.progress import format_duration as fmt
+
+    return fmt(seconds)
 
 
 def render_summary(summary: dict[str, Any]) -> str:
@@ -141,6 +206,16 @@ def render_summary(summary: dict[str, Any]) -> str:
         err = summary.get("mean_abs_accuracy_error")
         console.print(f"time: train {t['train_s']:.0f} s, predictors {t['predictor_s']:.0f} s, profiling "
                       f"{t['profile_s']:.0f} s, specialization {t['specialize_s']:.0f} s, total {t['total_s']:.0f} s")
+        b = summary.get("time_budget")
+        if b:
+            console.print(f"time budget {format_duration(b['budget_s'])}: used {format_duration(b['used_s'])} "
+                          f"({100 * b['used_s'] / b['budget_s']:.0f}%), planned {format_duration(b['estimate_s']['total'])}"
+                          f"; {b['scale']:.2f} x the quick schedule's steps at {b['full_images_per_s']:.0f} img/s, "
+                          f"{b['predictor_subnets']} predictor subnets" + (" (the floor)" if b["floor"] else ""))
+        acc = summary.get("accuracy")
+        if acc:
+            console.print("the supernet: " + ", ".join(
+                f"{name} subnet {pct(a['val'])} validation / {pct(a['test'])} test" for name, a in acc.items()))
         if err is not None:
             console.print(f"mean |real - predicted| accuracy: {100 * err:.2f} points")
         console.print(f"summary: {summary['run']}/summary.json; Pareto plots: {summary['run']}/specialized/*_pareto.png")

@@ -30,6 +30,7 @@ from ofa.data import DataBundle, _collate, augment_batch, get_data, prepare_batc
 from ofa.run_dir import RunDir
 from ofa.training.distributed import DistInfo, all_reduce_sum, barrier, broadcast_object, init_distributed
 from ofa.training.evaluate import evaluate_arch, evaluate_subnets, subnets_to_report
+from ofa.progress import Progress
 from ofa.training.kd import soft_cross_entropy
 from ofa.training.precision import MIN_FP16_SCALE, autocast, grad_scaler
 from ofa.training.world_size import check_resume_world
@@ -124,47 +125,17 @@ def _make_scheduler(optimizer, cfg: TrainConfig, lr: float, total_steps: int, st
                              t_in_epochs=False)
 
 
-class _Progress:
-    """A rich progress bar with loss, accuracy, resolution and throughput (rank 0 only)."""
-
-    def __init__(self, enabled: bool, console):
-        self.enabled = enabled
-        self.console = console
-        self.bar = None
-
-    def __enter__(self):
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("loss {task.fields[loss]:.3f} acc {task.fields[acc]:.1%} "
-                                           "r{task.fields[res]} {task.fields[ips]:.0f} img/s"),
-                                TimeRemainingColumn(), console=self.console, transient=False)
-            self.bar.__enter__()
-        return self
-
-    def task(self, description: str, total: int, completed: int):
-        if not self.bar:
-            return None
-        return self.bar.add_task(description, total=total, completed=completed, loss=0.0, acc=0.0, res=0, ips=0.0)
-
-    def update(self, task, **fields):
-        if self.bar is not None and task is not None:
-            self.bar.update(task, advance=1, **fields)
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
-
-
 # ---- the entry point --------------------------------------------------------------------------------------------
 def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] | None = None,
-          console=None) -> dict[str, Any]:
+          console=None, plan_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train the stages `cfg.stage` names in run directory `cfg.run`; returns a summary dict.
 
     With `resume=True` the run continues from `train_state.pt` (the config stored there wins, except for
-    `progress`/`device`/`threads`/`workers`). Works as one process or under torchrun (DDP).
+    `progress`/`device`/`threads`/`workers`). Works as one process or under torchrun (DDP). With
+    `cfg.time_budget` a new run first sizes its steps to the budget (`ofa.training.time_budget`; `plan_options`
+    go to its planner).
     """
+    t_begin = time.monotonic()
     info = init_distributed(cfg.device)
     run = RunDir(cfg.run)
     run.check_creatable()   # before the data is read
@@ -185,6 +156,9 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] | N
         say(f"resuming run {run.path}: stage {state['stage']} phase {state['phase']} epoch {state['epoch'] + 1} "
             f"step {state['step']}")
     else:
+        if cfg.time_budget is not None and cfg.phase_steps:
+            raise OFAError("--time-budget sizes the phases itself; leave out --phase-steps (or leave out --time-budget "
+                           "for a fixed-step run)")
         old = run.load_train_state() if run.state_file.exists() else None
         if old is not None and not old.get("done"):
             raise OFAError(f"run {run.path} has an unfinished stage '{old['stage']}' (epoch {old['epoch'] + 1}); "
@@ -228,6 +202,11 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] | N
         if not run.data_file.exists():
             run.save_data_config(bundle.config)
     barrier(info)
+    budget_plan = None
+    if cfg.time_budget is not None and not resume:   # size the steps to the budget (measured once, then stored)
+        from ofa.training.time_budget import plan_training
+
+        cfg, budget_plan = plan_training(cfg, run, space, bundle, info, say, stages, **(plan_options or {}))
 
     summary: dict[str, Any] = {"run": str(run.path), "space": space.name, "data": bundle.config, "stages": []}
     start_stage = 0
@@ -236,11 +215,15 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] | N
             start_stage, state = stages.index(state["next_stage"]), None
         else:
             start_stage = stages.index(state["stage"])
-    with _Progress(cfg.progress and info.is_main, console) as progress:
+    with Progress(cfg.progress and info.is_main, console) as progress:
         for si in range(start_stage, len(stages)):
             stage_state = state if (state is not None and si == start_stage) else None
             result = _train_stage(stages[si], cfg, run, space, bundle, info, stage_state, say, progress)
             summary["stages"].append(result)
+    if budget_plan is not None and cfg.time_budget_scope == "train":
+        from ofa.training.time_budget import report_training
+
+        summary["time_budget"] = report_training(budget_plan, time.monotonic() - t_begin, say)
     return summary
 
 
@@ -281,7 +264,7 @@ def _build_model(space: SpaceSpec, cfg: TrainConfig, device: torch.device) -> nn
 
 
 def _train_stage(stage: str, cfg: TrainConfig, run: RunDir, space: SpaceSpec, bundle: DataBundle, info: DistInfo,
-                 state: dict | None, say, progress: _Progress) -> dict[str, Any]:
+                 state: dict | None, say, progress: Progress) -> dict[str, Any]:
     device = info.device
     if run.stage_weights_file(stage).exists() and state is None and not cfg.overwrite:
         raise OFAError(f"stage '{stage}' is already trained in {run.path} ({run.stage_weights_file(stage).name}); "

@@ -160,6 +160,8 @@ class TrainConfig:
     overwrite: bool = False
     progress: bool = True
     dataset: str | None = None            # set by the trainer once the data is loaded (selects defaults)
+    time_budget: float | None = None      # seconds: size the steps to this (ofa.training.time_budget)
+    time_budget_scope: str = "train"      # what the budget covers: "train", or "quickstart" (the whole main job)
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -208,6 +210,15 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and not v < 1:
                 raise OFAError(f"--{name.replace('_', '-')} must be < 1, got {v}")
+        if self.time_budget is not None:
+            if not (self.time_budget > 0 and math.isfinite(self.time_budget)):
+                raise OFAError(f"--time-budget must be a positive duration, got {self.time_budget}")
+            fixed = [n for n in ("epochs", "full_epochs", "max_steps", "elastic_max_steps") if getattr(self, n)]
+            if fixed:
+                raise OFAError(f"--time-budget sizes the steps itself; leave out --{fixed[0].replace('_', '-')} (or "
+                               f"leave out --time-budget for a fixed-step run)")
+        if self.time_budget_scope not in ("train", "quickstart"):
+            raise OFAError(f"time budget scope must be 'train' or 'quickstart', got {self.time_budget_scope!r}")
         if self.workers < 0:
             raise OFAError(f"--workers must be >= 0, got {self.workers}")
         from ofa.training.distributed import parse_compute_device
@@ -295,6 +306,16 @@ class TrainConfig:
         cap = self.default("elastic_max_steps")
         per_phase = min(cap, max(1, n_train // self.resolved("batch_size")))
         return replace(self, phase_steps={k: max(1, round(v * per_phase / cap)) for k, v in split.items()})
+
+    def schedule_steps(self, space: SpaceSpec, n_train: int, stages: tuple[str, ...] | list[str] = STAGES
+                       ) -> dict[str, int]:
+        """Total steps of every phase of `stages` (default: all, full included) this config runs on `n_train` images."""
+        out = {}
+        for stage in stages:
+            for phase in stage_phases(stage, space):
+                epochs, steps = self.steps_plan(phase, n_train)
+                out[phase.name] = epochs * steps
+        return out
 
     def subnets_per_step(self, stage: str) -> int:
         return 1 if stage == "full" else self.n_subnets

@@ -1,0 +1,193 @@
+"""How noisy are accuracy-predictor labels, and which labelling design ranks subnets best for its cost?
+
+`collect`: for the first N subnets of the accuracy-data plan (`ofa.accuracy_data.plan_subnets`) of a trained run,
+recalibrate BN on training images and keep every validation image's outcome (correct or not, and the
+cross-entropy) on the whole validation split, so that any smaller design (fewer validation images, another
+label) can be replayed from the same measurements. The first `--extra` subnets are also recalibrated on other
+image sets (independent seeds, several sizes) to measure what the calibration contributes.
+
+`analyse`: replays designs (subnets x validation images x calibration images) at equal cost, fits the
+predictor as `ofa fit-predictor` does, and reports held-out Kendall tau against the design's own labels (what
+the main job's report shows) and against the cleanest labels measured (all validation images).
+
+  python3 bench/predictor_labels.py collect --run checkpoints/budget-qs --n 480 --extra 120 --out /tmp/budget/labels
+  python3 bench/predictor_labels.py analyse --run checkpoints/budget-qs --out /tmp/budget/labels \
+      --json bench/results/predictor_labels.json
+Validation split only: the test split is never read.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+CALIB_MAIN = (0, 1000)                          # (seed, images) of every subnet's label
+CALIB_EXTRA = ((1, 1000), (2, 500), (3, 250), (4, 2000))   # the first --extra subnets also get these
+
+
+def _bundle(run):
+    from ofa.data import data_from_config
+    from ofa.run_dir import RunDir
+
+    cfg = {**RunDir(run).data_config(), "eval_size": None}   # the whole validation split (prefix of the capped one)
+    return data_from_config(cfg)
+
+
+@torch.no_grad()
+def _outcomes(net, bundle, r: int) -> tuple[np.ndarray, np.ndarray]:
+    net.eval()
+    correct, loss = [], []
+    for x, y in bundle.loader("val", batch_size=500, resolution=r):
+        out = net(x)
+        correct.append((out.argmax(1) == y).numpy())
+        loss.append(F.cross_entropy(out, y, reduction="none").numpy())
+    return np.concatenate(correct), np.concatenate(loss).astype(np.float16)
+
+
+def collect(args) -> None:
+    from elastic.bn_calibration import recalibrate_bn
+    from ofa.accuracy_data import plan_subnets
+    from ofa.run_dir import RunDir
+    from ofa.training.evaluate import calibration_batches
+
+    torch.set_num_threads(args.threads)
+    rd = RunDir(args.run)
+    space, sup, bundle = rd.load_space(), rd.load_supernet(), _bundle(args.run)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    archs = plan_subnets(space, args.n, seed=0)
+    cache: dict = {}
+
+    def calib(seed: int, n: int, r: int):
+        if (seed, n, r) not in cache:
+            cache[(seed, n, r)] = calibration_batches(bundle, r, n, seed=seed)
+        return cache[(seed, n, r)]
+
+    t0 = time.time()
+    for i, arch in enumerate(archs):
+        path = out / f"subnet_{i:04d}.npz"
+        if path.exists():
+            continue
+        designs = [CALIB_MAIN] + (list(CALIB_EXTRA) if i < args.extra else [])
+        rec = {"arch": np.array(arch.to_json())}
+        for seed, n in designs:
+            net = sup.extract(arch)
+            recalibrate_bn(net, calib(seed, n, arch.r))
+            c, l = _outcomes(net, bundle, arch.r)
+            rec[f"correct_s{seed}_n{n}"], rec[f"loss_s{seed}_n{n}"] = np.packbits(c), l
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, **rec)
+        tmp.replace(path)
+        if i % 20 == 0:
+            print(f"{i + 1}/{len(archs)} subnets, {time.time() - t0:.0f} s", flush=True)
+
+
+def _load(out: Path, n_val: int):
+    rows = []
+    for p in sorted(out.glob("subnet_*.npz")):
+        if ".tmp" in p.name:
+            continue
+        z = np.load(p)
+        rec = {"arch": str(z["arch"])}
+        for k in z.files:
+            if k.startswith("correct_"):
+                rec[k] = np.unpackbits(z[k])[:n_val].astype(bool)
+            elif k.startswith("loss_"):
+                rec[k] = z[k].astype(np.float64)
+        rows.append(rec)
+    return rows
+
+
+def analyse(args) -> None:
+    from elastic.arch import Arch
+    from ofa.run_dir import RunDir
+    from predictors.accuracy import fit_accuracy_predictor, kendall_tau
+
+    space = RunDir(args.run).load_space()
+    n_val = len(_bundle(args.run).val)
+    rows = _load(Path(args.out), n_val)
+    archs = [Arch.from_json(r["arch"]) for r in rows]
+    main = "s0_n1000"
+    C = np.stack([r[f"correct_{main}"] for r in rows])          # subnets x images
+    L = np.stack([r[f"loss_{main}"] for r in rows])
+    acc_all = C.mean(1)
+    report: dict = {"subnets": len(rows), "val_images": n_val, "spread_pts": float(100 * acc_all.std())}
+
+    # noise: a label on v images vs the same subnets on the other (disjoint) images; calibration re-draws
+    half = n_val // 2
+    noise = {}
+    for v in (500, 1000, 2000, half):
+        a, b = C[:, :v].mean(1), C[:, half:half + v].mean(1)
+        noise[f"val{v}"] = {"tau_between_disjoint_sets": kendall_tau(a, b),
+                            "sd_of_difference_pts": float(100 * np.std(a - b) / np.sqrt(2))}
+    extra = [r for r in rows if f"correct_s1_n1000" in r]
+    if extra:
+        base = np.array([r[f"correct_{main}"].mean() for r in extra])
+        for key in ("s1_n1000", "s2_n500", "s3_n250", "s4_n2000"):
+            other = np.array([r[f"correct_{key}"].mean() for r in extra])
+            noise[f"calib_{key}_vs_{main}"] = {"n": len(extra), "tau": kendall_tau(base, other),
+                                                "sd_of_difference_pts": float(100 * np.std(base - other) / np.sqrt(2))}
+    report["noise"] = noise
+
+    # designs at (roughly) equal cost: n subnets x (calib + v) images
+    rng = np.random.default_rng(args.seed)
+    results = []
+    truth_acc = acc_all   # cleanest label: all validation images
+    for n, v, label in [tuple(d.split(":")) for d in args.designs.split(",")]:
+        n, v = int(n), int(v)
+        for rep in range(args.repeats):
+            idx = rng.choice(len(rows), size=min(n, len(rows)), replace=False)
+            imgs = rng.choice(n_val, size=v, replace=False)
+            acc_v = C[idx][:, imgs].mean(1)
+            y = acc_v if label == "acc" else -L[idx][:, imgs].mean(1)
+            t = time.time()
+            pred = fit_accuracy_predictor(space, [archs[i] for i in idx], y, seed=rep, kinds=args.kinds.split(","))
+            rep_ = pred.report
+            n_hold = rep_["n_holdout"]
+            perm = np.random.default_rng(rep).permutation(len(idx))
+            hold = np.sort(perm[:n_hold])
+            # the same held-out rows fit_accuracy_predictor held out: score the held-out model against truths
+            from predictors.accuracy import AccuracyPredictor
+            m = AccuracyPredictor.fit(space, [archs[idx[i]] for i in np.sort(perm[n_hold:])],
+                                      y[np.sort(perm[n_hold:])], kind=rep_["chosen"])
+            ph = m.predict([archs[idx[i]] for i in hold])
+            results.append({"n": n, "val_images": v, "label": label, "repeat": rep, "chosen": rep_["chosen"],
+                            "cv_tau": rep_["cv"][rep_["chosen"]]["kendall_tau"],
+                            "holdout_tau_own_labels": kendall_tau(acc_v[hold], ph),
+                            "holdout_tau_clean_labels": kendall_tau(truth_acc[idx[hold]], ph),
+                            "fit_s": time.time() - t})
+            print(json.dumps(results[-1]), flush=True)
+    report["designs"] = results
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+    print(json.dumps({k: v for k, v in report.items() if k != "designs"}, indent=1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("collect")
+    c.add_argument("--run", required=True)
+    c.add_argument("--n", type=int, default=480)
+    c.add_argument("--extra", type=int, default=120)
+    c.add_argument("--out", required=True)
+    c.add_argument("--threads", type=int, default=1)
+    a = sub.add_parser("analyse")
+    a.add_argument("--run", required=True)
+    a.add_argument("--out", required=True)
+    a.add_argument("--designs", default="200:2000:acc,400:1000:acc,120:4000:acc,200:2000:loss")
+    a.add_argument("--kinds", default="mlp,gbr,gp,ridge")
+    a.add_argument("--repeats", type=int, default=3)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--json")
+    args = ap.parse_args()
+    (collect if args.cmd == "collect" else analyse)(args)
+
+
+if __name__ == "__main__":
+    main()

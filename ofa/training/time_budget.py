@@ -1,0 +1,385 @@
+"""Fit a training run (or the whole main job) into the time a user gives it.
+
+A fixed-step schedule takes whatever time the machine makes of it: on this project's 2-core machines the same
+steps ran at 41 to 445 images/s on different days. With `--time-budget 15m` the run first measures this
+machine (`ofa.training.throughput`: a few full-stage and elastic steps, a subnet evaluation), then sizes the
+work to the budget:
+
+- training: the schedule's own steps (for the quick schedule: 2 full-stage epochs and 700 elastic steps split
+  as `QUICK_PHASE_STEPS`, the split that measured best) all multiplied by one factor, so the full stage may be a
+  fraction of an epoch or several epochs and the elastic phases keep their proportions;
+- for the main job (`ofa quickstart`) also the accuracy predictor's subnets, the cpu profile's size and the
+  specialization, estimated from the same measurements.
+
+The plan is written to `<run>/time_budget.json` before any training step; a resumed or rerun job reads it
+back and measures nothing again. `--time-budget` never changes what a step does (same learning-rate rule,
+same subnets per step), only how many steps there are, so a budgeted run is an ordinary fixed-step run once
+planned. Below a floor (3% of the schedule, `MIN_SCALE`) the plan says the machine is too slow for the
+budget and runs the floor anyway.
+
+This module is arithmetic and files only (no clock, no torch): the sizing is tested with injected rates.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from elastic.errors import OFAError
+
+FORMAT = "ofa-time-budget/1"
+FILE_NAME = "time_budget.json"
+DEFAULT_BUDGET = "15m"            # the main job's default
+SCOPES = ("train", "quickstart")
+
+MIN_SCALE = 0.03                  # the floor: 3% of the schedule's steps
+MIN_PHASE_STEPS = 4               # no phase shorter than this
+TARGET = 0.97                     # plan to end at 97% of the budget (what follows the plan is not free)
+
+# The accuracy predictor of the main job (quickstart scope). What a subnet's label costs: `calib` training
+# images to recalibrate BN plus `val` validation images; how many subnets: a share of what the budget leaves,
+# between a floor and a ceiling (see docs/incoming/budget.md for the measurements behind these).
+PREDICTOR_SHARE = 0.22
+PREDICTOR_MIN, PREDICTOR_MAX = 30, 1200
+PREDICTOR_CALIB, PREDICTOR_VAL = 1000, 2000
+# The cpu latency profile: (fitting, test) subnets and timing rounds; the smaller one when time is short.
+PROFILE_FULL, PROFILE_SMALL = (40, 12, 5), (20, 6, 5)
+PROFILE_SHARE = 0.06              # the small one when the full one would take more than this share of the budget
+SPEC_EVALS = 13                   # nets evaluated at the end: 3 devices x 3 budgets; largest, smallest x val, test
+STAGES_EVALUATED = ("full", "kernel", "depth", "expand")
+STAGE_EVALS = 2 * len(STAGES_EVALUATED)   # largest + smallest at each stage end
+
+# Costs that are not training steps, in seconds on the reference machine (full-stage step REF_FULL_STEP_S),
+# scaled by the measured step time: predictor fitting (per run and per subnet), profiling (per subnet measured),
+# specialization (the searches), start-up (imports, data). Measured on this project's 2-core machine, see
+# docs/incoming/budget.md.
+REF_FULL_STEP_S = 0.40
+REF_COSTS = {"fit_base_s": 8.0, "fit_per_subnet_s": 0.10, "profile_per_subnet_s": 0.35, "specialize_s": 8.0,
+             "startup_s": 4.0}
+
+
+# ---- durations --------------------------------------------------------------------------------------------
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?:in)?)?(?:(\d+(?:\.\d+)?)s)?$")
+OFF_WORDS = ("off", "none", "fixed")
+
+
+def parse_duration(text: str | float | int | None, what: str = "--time-budget") -> float:
+    """`15m` -> 900.0, `900s`, `1h`, `1h30m`, `2.5h`, `1m30s` (seconds). Anything else is an OFAError."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        s = str(text or "").strip().lower().replace(" ", "")
+        m = _DURATION.match(s)
+        if not s or not m or not any(m.groups()):
+            raise OFAError(f"{what} takes a duration such as 15m, 900s, 1h or 1h30m, got {text!r}")
+        h, mi, se = (float(g) if g else 0.0 for g in m.groups())
+        seconds = 3600 * h + 60 * mi + se
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise OFAError(f"{what} must be a positive duration such as 15m, 900s, 1h or 1h30m, got {text!r}")
+    return seconds
+
+
+def parse_budget_option(text: str | None) -> float | None:
+    """A CLI value: a duration, or off/none/fixed (None: the fixed-step schedule)."""
+    if text is None or str(text).strip().lower() in OFF_WORDS:
+        return None
+    return parse_duration(text)
+
+
+def format_duration(seconds: float) -> str:
+    from ofa.progress import format_duration as fmt
+
+    return fmt(seconds)
+
+
+# ---- what was measured -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Rates:
+    """This machine's costs, measured by `ofa.training.throughput.measure_rates` (seconds)."""
+    batch: int                       # images per training step
+    full_step_s: float               # one full-stage step (the largest subnet, forward + backward + update)
+    elastic_step_s: dict[str, float]  # one step of each elastic phase (its subnets and the teacher)
+    eval_image_s: float              # one image through an extracted subnet (BN calibration or evaluation)
+    eval_subnet_s: float             # fixed cost of evaluating one subnet (extraction, BN reset)
+    probe_s: float = 0.0             # what measuring took
+    threads: int = 1
+
+    @property
+    def speed(self) -> float:
+        """How much slower than the reference machine (1.0: as fast; 5: five times slower)."""
+        return self.full_step_s / REF_FULL_STEP_S
+
+    def full_images_per_s(self) -> float:
+        return self.batch / self.full_step_s
+
+    def eval_cost(self, calib: int, val: int) -> float:
+        return self.eval_subnet_s + (calib + val) * self.eval_image_s
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Rates":
+        return cls(**{k: d[k] for k in ("batch", "full_step_s", "elastic_step_s", "eval_image_s", "eval_subnet_s",
+                                        "probe_s", "threads") if k in d})
+
+
+# ---- the plan ----------------------------------------------------------------------------------------------
+@dataclass
+class BudgetPlan:
+    budget_s: float
+    scope: str
+    rates: Rates
+    scale: float                             # fraction of the schedule's steps
+    phase_steps: dict[str, int]              # every phase, full stage included
+    estimate_s: dict[str, float]             # per part, plus "total"
+    floor: bool = False                      # the budget was too small: the floor runs
+    predictor: dict[str, int] | None = None  # subnets, calib_images, val_images (quickstart scope)
+    profile: dict[str, int] | None = None    # n_fit, n_test, rounds (quickstart scope)
+    eval_images: dict[str, int] = field(default_factory=dict)   # calib, val images of the stage-end evaluations
+    notes: list[str] = field(default_factory=list)
+    spent_s: dict[str, float] = field(default_factory=dict)     # seconds used at milestones (for a resumed job)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["rates"] = self.rates.to_dict()
+        return {"format": FORMAT, **d}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "BudgetPlan":
+        if d.get("format") != FORMAT:
+            raise OFAError(f"not a time-budget plan (expected format '{FORMAT}', got {d.get('format')!r})")
+        try:
+            return cls(budget_s=float(d["budget_s"]), scope=d["scope"], rates=Rates.from_dict(d["rates"]),
+                       scale=float(d["scale"]), phase_steps={k: int(v) for k, v in d["phase_steps"].items()},
+                       estimate_s=dict(d["estimate_s"]), floor=bool(d.get("floor")), predictor=d.get("predictor"),
+                       profile=d.get("profile"), eval_images=dict(d.get("eval_images") or {}),
+                       notes=list(d.get("notes") or []), spent_s=dict(d.get("spent_s") or {}))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise OFAError(f"damaged time-budget plan ({type(exc).__name__}: {exc})") from None
+
+
+def plan_path(run: str | Path) -> Path:
+    return Path(run) / FILE_NAME
+
+
+def save_plan(run: str | Path, plan: BudgetPlan) -> Path:
+    from ofa import atomic
+
+    return atomic.write_json(plan_path(run), plan.to_dict())
+
+
+def load_plan(run: str | Path) -> BudgetPlan | None:
+    import json
+
+    path = plan_path(run)
+    if not path.exists():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise OFAError(f"{path} is not valid JSON ({exc}); delete it to plan again") from None
+    try:
+        return BudgetPlan.from_dict(doc)
+    except OFAError as exc:
+        raise OFAError(f"{path}: {exc}; delete it to plan again") from None
+
+
+def stored_plan_for(run: str | Path, budget_s: float, scope: str) -> BudgetPlan | None:
+    """The run's stored plan when it was made for this budget and scope; an OFAError when for another."""
+    plan = load_plan(run)
+    if plan is None:
+        return None
+    if abs(plan.budget_s - budget_s) > 0.5 or plan.scope != scope:
+        raise OFAError(f"{plan_path(run)} plans a {format_duration(plan.budget_s)} {plan.scope} budget, not "
+                       f"{format_duration(budget_s)} {scope}: resume with the same --time-budget, or use another --run")
+    return plan
+
+
+# ---- sizing ------------------------------------------------------------------------------------------------
+def scaled_steps(base_steps: dict[str, int], scale: float) -> dict[str, int]:
+    return {k: max(MIN_PHASE_STEPS, int(round(v * scale))) for k, v in base_steps.items()}
+
+
+def train_seconds(steps: dict[str, int], rates: Rates) -> float:
+    return sum(n * (rates.full_step_s if name == "full" else rates.elastic_step_s[name]) for name, n in steps.items())
+
+
+def _fixed_costs(rates: Rates) -> dict[str, float]:
+    return {k: v * rates.speed for k, v in REF_COSTS.items()}
+
+
+def predictor_seconds(n: int, rates: Rates, calib: int = PREDICTOR_CALIB, val: int = PREDICTOR_VAL) -> float:
+    c = _fixed_costs(rates)
+    return n * (rates.eval_cost(calib, val) + c["fit_per_subnet_s"]) + c["fit_base_s"]
+
+
+def predictor_subnets_for(seconds: float, rates: Rates, calib: int = PREDICTOR_CALIB, val: int = PREDICTOR_VAL,
+                          lo: int = PREDICTOR_MIN, hi: int = PREDICTOR_MAX) -> int:
+    """As many subnets as `seconds` pay for (collection and fitting), within [lo, hi]."""
+    c = _fixed_costs(rates)
+    per = rates.eval_cost(calib, val) + c["fit_per_subnet_s"]
+    return int(min(hi, max(lo, (seconds - c["fit_base_s"]) // per)))
+
+
+def plan_budget(budget_s: float, rates: Rates, base_steps: dict[str, int], *, scope: str = "train",
+                stage_eval: tuple[int, int] = (1000, 2000), eval_subnets: int = STAGE_EVALS,
+                spec_eval: tuple[int, int] = (1000, 2000), predictor_subnets: int | None = None) -> BudgetPlan:
+    """Size `base_steps` (the schedule's steps per phase, "full" included) and, for the quickstart scope, the
+    predictor and profile so that the estimated total lands at TARGET x `budget_s`.
+
+    `stage_eval` / `spec_eval`: (calibration, evaluation) images of one stage-end / specialized-net evaluation.
+    `predictor_subnets`: a fixed number of predictor subnets (the rest is sized around it).
+    """
+    if scope not in SCOPES:
+        raise OFAError(f"unknown time-budget scope '{scope}'; allowed: {', '.join(SCOPES)}")
+    if not budget_s > 0:
+        raise OFAError(f"time budget must be positive, got {budget_s}")
+    missing = [k for k in base_steps if k != "full" and k not in rates.elastic_step_s]
+    if missing:
+        raise OFAError(f"no measured step time for phase(s) {', '.join(missing)}")
+    costs = _fixed_costs(rates)
+    est: dict[str, float] = {"startup": costs["startup_s"], "measuring": rates.probe_s,
+                             "stage_evals": eval_subnets * rates.eval_cost(*stage_eval)}
+    notes: list[str] = []
+    target = TARGET * budget_s
+    pred_cfg = prof_cfg = None
+    if scope == "quickstart":
+        prof_cfg = PROFILE_FULL
+        est["profile"] = (prof_cfg[0] + prof_cfg[1]) * costs["profile_per_subnet_s"]
+        est["specialize"] = costs["specialize_s"] + SPEC_EVALS * rates.eval_cost(*spec_eval)
+        if est["profile"] > PROFILE_SHARE * budget_s:   # a slow machine: the small profile leaves more for the rest
+            prof_cfg = PROFILE_SMALL
+            est["profile"] = (prof_cfg[0] + prof_cfg[1]) * costs["profile_per_subnet_s"]
+        rest = target - sum(est.values())
+        n_pred = predictor_subnets if predictor_subnets is not None else \
+            predictor_subnets_for(PREDICTOR_SHARE * rest, rates)
+        est["predictor"] = predictor_seconds(n_pred, rates)
+        pred_cfg = {"subnets": int(n_pred), "calib_images": PREDICTOR_CALIB, "val_images": PREDICTOR_VAL}
+    available = target - sum(est.values())
+    unit = train_seconds(base_steps, rates)          # seconds of the schedule at scale 1
+    scale = available / unit if unit > 0 else MIN_SCALE
+    for _ in range(8):   # phases held at MIN_PHASE_STEPS cost more than their share: shrink the others to match
+        if scale < MIN_SCALE:
+            break
+        scale *= available / max(train_seconds(scaled_steps(base_steps, scale), rates), 1e-9)
+    floor = scale < MIN_SCALE
+    scale = max(scale, MIN_SCALE)
+    steps = scaled_steps(base_steps, scale)
+    est["train"] = train_seconds(steps, rates)
+    est["total"] = sum(v for k, v in est.items() if k != "total")
+    if floor:
+        notes.append(f"this machine is too slow for a {format_duration(budget_s)} budget "
+                     f"({rates.full_images_per_s():.0f} img/s in the full stage): running the minimum "
+                     f"({MIN_SCALE:g} x the schedule), expected to take {format_duration(est['total'])}")
+    plan = BudgetPlan(budget_s=float(budget_s), scope=scope, rates=rates, scale=float(scale), phase_steps=steps,
+                      estimate_s=est, floor=floor, predictor=pred_cfg,
+                      profile=None if prof_cfg is None else dict(zip(("n_fit", "n_test", "rounds"), prof_cfg)),
+                      eval_images={"calib": stage_eval[0], "val": stage_eval[1], "subnets": eval_subnets},
+                      notes=notes)
+    return plan
+
+
+def resize_predictor(plan: BudgetPlan, spent_s: float) -> int:
+    """Subnets for the predictor once training is over, from what the budget has left (`spent_s` used so far).
+
+    The later parts' estimates are scaled by how the training's estimate compared with its real time (a machine
+    that slowed down since it was measured is slower for the rest too)."""
+    assert plan.predictor is not None
+    est = plan.estimate_s
+    planned_so_far = est["startup"] + est["measuring"] + est["train"] + est["stage_evals"]
+    drift = min(3.0, max(0.5, spent_s / planned_so_far)) if planned_so_far > 0 else 1.0
+    after = (est.get("profile", 0.0) + est.get("specialize", 0.0)) * drift
+    left = TARGET * plan.budget_s - spent_s - after
+    rates = plan.rates
+    slowed = Rates(**{**rates.to_dict(), "eval_image_s": rates.eval_image_s * drift,
+                      "eval_subnet_s": rates.eval_subnet_s * drift, "full_step_s": rates.full_step_s * drift})
+    return predictor_subnets_for(left, slowed, plan.predictor["calib_images"], plan.predictor["val_images"])
+
+
+# ---- in a training run -------------------------------------------------------------------------------------
+def plan_training(cfg, run, space, bundle, info, say, stages=None, **options: Any):
+    """`cfg` with its steps sized to `cfg.time_budget` (the stored plan of `run` when there is one, else measured
+    now on rank 0 and stored), and the per-epoch evaluations off (stage ends keep largest and smallest).
+    `options` go to `plan_budget` (e.g. predictor_subnets)."""
+    from dataclasses import replace
+
+    from ofa.training.distributed import broadcast_object
+
+    plan = stored_plan_for(run.path, cfg.time_budget, cfg.time_budget_scope) if info.is_main else None
+    n_train = len(bundle.train)
+    batch = cfg.resolved("batch_size")
+    if info.is_main and plan is not None:
+        say(f"time budget: following the plan stored in {plan_path(run.path)} (nothing measured again)")
+    elif info.is_main:
+        from ofa.training.throughput import measure_rates
+
+        stage_eval = (min(cfg.resolved("calib_images"), n_train), len(bundle.val))
+        rates = measure_rates(space, bundle, cfg, info.device, batch // info.world, say)
+        rates = Rates(**{**rates.to_dict(), "batch": batch})
+        plan = plan_budget(cfg.time_budget, rates, cfg.schedule_steps(space, n_train, stages or STAGES_EVALUATED), scope=cfg.time_budget_scope,
+                           stage_eval=stage_eval, spec_eval=(stage_eval[0], len(bundle.test)),
+                           eval_subnets=len(stages or STAGES_EVALUATED) * (2 + (cfg.eval_subnets or 0)) if cfg.stage_eval else 0,
+                           **options)
+        plan.spent_s["measured"] = plan.estimate_s["startup"] + rates.probe_s
+        save_plan(run.path, plan)
+    plan = BudgetPlan.from_dict(broadcast_object(info, plan.to_dict() if plan is not None else None))
+    if info.is_main:
+        say(render_plan(plan, batch, n_train))
+    return replace(cfg, phase_steps=dict(plan.phase_steps), eval_every=0,
+                   eval_subnets=0 if cfg.eval_subnets is None else cfg.eval_subnets), plan
+
+
+def report_training(plan: BudgetPlan, used_s: float, say) -> dict[str, float]:
+    """Budget, estimate and time used of a budgeted training run (scope "train"), said and returned."""
+    out = {"budget_s": plan.budget_s, "estimate_s": plan.estimate_s["total"], "used_s": used_s,
+           "used_fraction": used_s / plan.budget_s}
+    say(f"time budget {format_duration(plan.budget_s)}: used {format_duration(used_s)} "
+        f"({100 * used_s / plan.budget_s:.0f}%; planned {format_duration(plan.estimate_s['total'])})")
+    return out
+
+
+# ---- what the user reads -----------------------------------------------------------------------------------
+def render_plan(plan: BudgetPlan, batch: int, n_train: int) -> str:
+    r, e, s = plan.rates, plan.estimate_s, plan.phase_steps
+    what = "training" if plan.scope == "train" else "the main job: training, predictor, cpu profile, specialization"
+    elastic = {k: v for k, v in s.items() if k != "full"}
+    lines = [f"time budget {format_duration(plan.budget_s)} ({what}); measured in {r.probe_s:.0f} s:",
+             f"  full stage      {r.full_images_per_s():.0f} img/s ({r.full_step_s:.3f} s per step of {batch})",
+             "  elastic steps   " + ", ".join(f"{k} {v:.3f} s" for k, v in r.elastic_step_s.items()),
+             f"  subnet eval     {1 / r.eval_image_s:.0f} img/s (+{r.eval_subnet_s:.2f} s per subnet)",
+             f"plan: {plan.scale:.2f} x the schedule's steps" + (" (the floor)" if plan.floor else ""),
+             f"  full stage      {s.get('full', 0)} steps = {s.get('full', 0) * batch:,} images "
+             f"({s.get('full', 0) * batch / max(n_train, 1):.2f} epochs)"
+             f"{_est(e, 'train', train_seconds({'full': s.get('full', 0)}, r))}",
+             f"  elastic         {sum(elastic.values())} steps: " + ", ".join(f"{k} {v}" for k, v in elastic.items())
+             + _est(e, "train", train_seconds(elastic, r)),
+             ]
+    if plan.eval_images.get("subnets", STAGE_EVALS):
+        lines.append(f"  stage evals     {plan.eval_images.get('subnets', STAGE_EVALS)} subnets x "
+                     f"({plan.eval_images.get('calib')} calib + {plan.eval_images.get('val')} val images)"
+                     f"{_est(e, 'stage_evals')}")
+    if plan.predictor:
+        p = plan.predictor
+        lines.append(f"  predictor       {p['subnets']} subnets x ({p['calib_images']} calib + {p['val_images']} val "
+                     f"images), then fitting{_est(e, 'predictor')}")
+    if plan.profile:
+        p = plan.profile
+        lines.append(f"  cpu profile     {p['n_fit']} + {p['n_test']} subnets x {p['rounds']} rounds{_est(e, 'profile')}")
+    if "specialize" in e:
+        lines.append(f"  specialization  {SPEC_EVALS} nets searched and evaluated{_est(e, 'specialize')}")
+    lines.append(f"  total{' ' * 47}est. {format_duration(e['total']):>8} of {format_duration(plan.budget_s)}")
+    lines += [f"note: {n}" for n in plan.notes]
+    return "\n".join(lines)
+
+
+def _est(e: dict[str, float], key: str, value: float | None = None) -> str:
+    v = e.get(key, 0.0) if value is None else value
+    return f"   est. {format_duration(v):>8}"
+
+
+__all__ = ["BudgetPlan", "DEFAULT_BUDGET", "FILE_NAME", "Rates", "load_plan", "parse_budget_option",
+           "parse_duration", "plan_budget", "plan_path", "predictor_seconds", "render_plan", "resize_predictor",
+           "save_plan", "scaled_steps", "stored_plan_for", "train_seconds"]

@@ -1,0 +1,218 @@
+"""--time-budget: durations, the sizing arithmetic with injected machine rates, the stored plan, and a budgeted run
+killed and resumed (it follows its stored plan and measures nothing again)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from elastic.errors import OFAError
+from ofa.run_dir import RunDir
+from ofa.training import TrainConfig, train
+from ofa.training.schedule import QUICK_PHASE_STEPS
+from ofa.training.time_budget import (MIN_PHASE_STEPS, MIN_SCALE, PREDICTOR_MAX, PREDICTOR_MIN, TARGET, BudgetPlan,
+                                      Rates, load_plan, parse_budget_option, parse_duration, plan_budget,
+                                      predictor_seconds, render_plan, resize_predictor, save_plan, stored_plan_for,
+                                      train_seconds)
+
+# the quick schedule on Fashion-MNIST's 55,000 training images: 2 full epochs of 429 steps + the 700-step split
+QUICK_STEPS = {"full": 858, **QUICK_PHASE_STEPS}
+
+
+def rates(full_step_s: float, elastic_ratio: float = 2.3, image_s: float | None = None) -> Rates:
+    """A machine whose full-stage step takes `full_step_s`; elastic steps `elastic_ratio` x that, the first phase
+    (largest kernel-phase subnets) dearer than the last."""
+    el = {"kernel": 1.15, "depth/1": 1.08, "depth/2": 1.02, "expand/1": 0.98, "expand/2": 0.95}
+    return Rates(batch=128, full_step_s=full_step_s, elastic_step_s={k: v * elastic_ratio * full_step_s
+                                                                      for k, v in el.items()},
+                 eval_image_s=image_s if image_s is not None else full_step_s / 128 / 8,
+                 eval_subnet_s=0.05 * full_step_s / 0.3, probe_s=20 * full_step_s)
+
+
+@pytest.mark.parametrize("text,seconds", [("15m", 900), ("900s", 900), ("1h", 3600), ("1h30m", 5400),
+                                          ("2.5h", 9000), ("1m30s", 90), (" 15 m ", 900), ("10min", 600),
+                                          ("1H", 3600), (42, 42)])
+def test_durations_in_the_documented_forms(text, seconds):
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["15", "15x", "", "m", "-5m", "0s", "1m1h", "fast", "1.5.2h", "nanm", "15m 3", None])
+def test_bad_durations_are_one_line_errors_naming_the_forms(text):
+    with pytest.raises(OFAError) as err:
+        parse_duration(text)
+    assert "15m" in str(err.value) and "1h30m" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_off_means_the_fixed_step_schedule():
+    assert parse_budget_option("off") is None and parse_budget_option(None) is None
+    assert parse_budget_option("NONE") is None and parse_budget_option("20m") == 1200
+
+
+@pytest.mark.parametrize("scope", ["train", "quickstart"])
+@pytest.mark.parametrize("step_s", [0.29, 0.6, 2.4])   # 445, 213 and 53 img/s in the full stage: fast to slow days
+def test_plan_lands_on_the_budget_with_the_schedules_proportions(scope, step_s):
+    r = rates(step_s)
+    plan = plan_budget(900, r, QUICK_STEPS, scope=scope, eval_subnets=0 if scope == "quickstart" else 8)
+    assert not plan.floor
+    est = plan.estimate_s
+    assert est["total"] == pytest.approx(sum(v for k, v in est.items() if k != "total"))
+    assert est["train"] == pytest.approx(train_seconds(plan.phase_steps, r))
+    # every phase scaled by one factor: the proportions that measured best survive (to rounding)
+    for name, base in QUICK_STEPS.items():
+        assert plan.phase_steps[name] == max(MIN_PHASE_STEPS, round(base * plan.scale))
+    assert abs(est["total"] - TARGET * 900) < 0.02 * 900      # rounding of steps only
+    if scope == "quickstart":
+        assert PREDICTOR_MIN <= plan.predictor["subnets"] <= PREDICTOR_MAX
+        assert est["predictor"] == pytest.approx(predictor_seconds(plan.predictor["subnets"], r))
+        assert {"profile", "specialize"} <= est.keys()
+    else:
+        assert plan.predictor is None and "profile" not in est
+
+
+def test_faster_machines_buy_more_of_everything_and_time_scales_it():
+    slow, fast = (plan_budget(900, rates(s), QUICK_STEPS, scope="quickstart") for s in (2.4, 0.3))
+    assert fast.scale > 5 * slow.scale
+    assert fast.phase_steps["full"] > slow.phase_steps["full"] and fast.predictor["subnets"] > slow.predictor["subnets"]
+    double = plan_budget(1800, rates(0.3), QUICK_STEPS, scope="quickstart")
+    assert double.scale > 1.8 * fast.scale
+    # a fast machine with an hour runs more than the fixed schedule: several full epochs, longer elastic phases
+    hour = plan_budget(3600, rates(0.25), QUICK_STEPS, scope="train")
+    assert hour.scale > 1 and hour.phase_steps["full"] > 858 and hour.phase_steps["expand/2"] > 472
+
+
+def test_an_absurdly_slow_machine_runs_the_floor_and_says_so():
+    plan = plan_budget(900, rates(40.0), QUICK_STEPS, scope="quickstart")
+    assert plan.floor and plan.scale == MIN_SCALE
+    assert plan.phase_steps["full"] == round(858 * MIN_SCALE) and min(plan.phase_steps.values()) >= MIN_PHASE_STEPS
+    assert plan.predictor["subnets"] == PREDICTOR_MIN
+    assert plan.estimate_s["total"] > 900
+    assert any("too slow for a 15m00s budget" in n for n in plan.notes)
+    assert "the floor" in render_plan(plan, 128, 55000)
+
+
+def test_predictor_is_resized_to_the_time_training_left():
+    r = rates(0.6)
+    plan = plan_budget(900, r, QUICK_STEPS, scope="quickstart")
+    planned = plan.estimate_s["startup"] + plan.estimate_s["measuring"] + plan.estimate_s["train"] + \
+        plan.estimate_s["stage_evals"]
+    on_time = resize_predictor(plan, planned)
+    assert abs(on_time - plan.predictor["subnets"]) <= 0.05 * plan.predictor["subnets"] + 1
+    late = resize_predictor(plan, planned * 1.15)     # training ran 15% over: fewer subnets, still the floor at least
+    early = resize_predictor(plan, planned * 0.9)
+    assert PREDICTOR_MIN <= late < on_time < early
+    assert resize_predictor(plan, 2000) == PREDICTOR_MIN  # over budget already: the floor
+
+
+def test_plan_files_round_trip_and_refuse_another_budget(tmp_path):
+    plan = plan_budget(900, rates(0.5), QUICK_STEPS, scope="quickstart")
+    plan.spent_s["measured"] = 12.5
+    save_plan(tmp_path, plan)
+    again = load_plan(tmp_path)
+    assert again.to_dict() == plan.to_dict()
+    assert isinstance(again, BudgetPlan) and again.rates == plan.rates
+    assert stored_plan_for(tmp_path, 900, "quickstart").phase_steps == plan.phase_steps
+    with pytest.raises(OFAError, match="plans a 15m00s quickstart budget, not 20m00s quickstart"):
+        stored_plan_for(tmp_path, 1200, "quickstart")
+    (tmp_path / "time_budget.json").write_text("{")
+    with pytest.raises(OFAError, match="not valid JSON"):
+        load_plan(tmp_path)
+    assert load_plan(tmp_path / "nowhere") is None
+
+
+def test_budget_and_fixed_lengths_do_not_mix(tmp_path):
+    with pytest.raises(OFAError, match="leave out --epochs"):
+        TrainConfig(run="x", time_budget=900, epochs=3)
+    with pytest.raises(OFAError, match="positive duration"):
+        TrainConfig(run="x", time_budget=-1.0)
+    with pytest.raises(OFAError, match="leave out --phase-steps"):
+        train(TrainConfig(run=str(tmp_path / "x"), time_budget=900, phase_steps={"kernel": 5}), log=lambda m: None)
+
+
+# ---- a budgeted run, killed and resumed --------------------------------------------------------------------
+TINY_ARGS = ["--space", "mbv3-w1.0-small", "--resolutions", "16,20", "--data", "digits", "--subset", "96",
+             "--eval-size", "32", "--schedule", "quick", "--batch-size", "16", "--seed", "3", "--save-every", "1",
+             "--no-progress", "--threads", "1", "--stage", "full"]
+
+
+def _ofa(*args: str, **kw):
+    return [sys.executable, "-m", "ofa", *args]
+
+
+@pytest.mark.slow
+def test_budgeted_run_killed_and_resumed_follows_its_stored_plan(tmp_path):
+    run = tmp_path / "budgeted"
+    cmd = _ofa("train", "--run", str(run), *TINY_ARGS, "--time-budget", "3s")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    state_file, deadline, killed = RunDir(run).state_file, time.time() + 240, False
+    while time.time() < deadline and proc.poll() is None:
+        if state_file.exists():
+            try:
+                st = torch.load(state_file, weights_only=True)
+            except Exception:   # being replaced right now
+                st = None
+            if st is not None and not st.get("done") and st["step"] >= 1:
+                os.kill(proc.pid, signal.SIGKILL)
+                killed = True
+                break
+        time.sleep(0.05)
+    proc.wait(timeout=30)
+    assert killed, f"the run ended before it could be killed: {proc.stderr.read()[-2000:]}"
+    plan_file = run / "time_budget.json"
+    stored = plan_file.read_bytes()
+    plan = json.loads(stored)
+    assert plan["scope"] == "train" and plan["budget_s"] == 3 and set(plan["phase_steps"]) == {"full"}
+
+    out = subprocess.run(_ofa("train", "--run", str(run), "--resume", "--no-progress"), capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "resuming run" in out.stderr and "measuring this machine" not in out.stderr
+    assert plan_file.read_bytes() == stored                      # the plan is not redone
+    steps = plan["phase_steps"]["full"]
+    hist = [h for h in RunDir(run).history() if h["kind"] == "epoch"]
+    assert sum(round(h["images_per_s"] * h["seconds"]) for h in hist) == 16 * steps
+
+    # the same steps as a fixed-step run: the resumed budgeted run ends with exactly its weights
+    ref = tmp_path / "fixed"
+    train(TrainConfig(run=str(ref), stage="full", space="mbv3-w1.0-small", resolutions=[16, 20],
+                      data={"name": "digits", "subset_size": 96, "eval_size": 32}, schedule="quick", batch_size=16,
+                      seed=3, save_every=1, progress=False, threads=1, phase_steps={"full": steps}, stage_eval=False),
+          log=lambda m: None)
+    a, b = load_file(str(RunDir(ref).weights_file)), load_file(str(RunDir(run).weights_file))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_rerun_after_planning_reuses_the_plan(tmp_path):
+    """Stopped after planning but before the first checkpoint, a rerun (not a resume) follows the stored plan."""
+    run = tmp_path / "planned"
+    cfg = TrainConfig(run=str(run), stage="full", space="mbv3-w1.0-small", resolutions=[16, 20],
+                      data={"name": "digits", "subset_size": 96, "eval_size": 32}, schedule="quick", batch_size=16,
+                      seed=3, progress=False, threads=1, time_budget=2.0, stage_eval=False)
+
+    class Stop(Exception):
+        pass
+
+    said: list[str] = []
+
+    def stop_at_first_phase(msg: str) -> None:
+        said.append(msg)
+        if msg.startswith("phase full"):
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(cfg, log=stop_at_first_phase)
+    assert any(m.startswith("measuring this machine") for m in said) and not RunDir(run).state_file.exists()
+    first = (run / "time_budget.json").read_bytes()
+    said.clear()
+    with pytest.raises(Stop):
+        train(cfg, log=stop_at_first_phase)
+    assert not any(m.startswith("measuring this machine") for m in said)
+    assert any("following the plan stored" in m for m in said) and (run / "time_budget.json").read_bytes() == first
+    with pytest.raises(OFAError, match="plans a 2s train budget, not 5s train"):
+        train(TrainConfig(**{**cfg.to_dict(), "time_budget": 5.0}), log=lambda m: None)
