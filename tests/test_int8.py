@@ -283,3 +283,16 @@ def test_profile_precision_option_records_itself(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["profile", "--precision", "fp16"])
     assert exc.value.code == 2 and "unknown precision 'fp16'" in capsys.readouterr().err
+
+
+def test_int8_probes_are_quantized_and_say_so(tmp_path, capsys):
+    import onnx
+
+    main(["profile", "probes", "--space", "mbv3-w0.5-small", "--n", "2", "--out", str(tmp_path / "p"),
+          "--precision", "int8", "--json"])
+    capsys.readouterr()
+    manifest = json.loads((tmp_path / "p" / "manifest.json").read_text())
+    assert manifest["precision"] == "int8"
+    for probe in manifest["probes"]:
+        ops = {n.op_type for n in onnx.load(str(tmp_path / "p" / probe["file"])).graph.node}
+        assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops

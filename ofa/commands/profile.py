@@ -97,17 +97,22 @@ def probes(
     n_classes: int = typer.Option(None, "--classes", help="Classifier outputs (default: the space's)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the stratified choice and of the random weights."),
     force: bool = typer.Option(False, "--force", help="Replace probes already in --out."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | int8: probes as exported, or quantized to "
+                                  "int8 (static QDQ) for a device that runs int8 ONNX models."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest summary as JSON."),
 ) -> None:
     """Write probe networks spanning a space, with a timing kit, to time on any device."""
     from predictors.probes import write_probes
+    from predictors.quantize import check_precision
+
+    precision = check_precision(precision.strip().lower())
 
     sp = get_space(space) if n_classes is None else get_space(space, n_classes=n_classes)
     from rich.progress import Progress
 
     with Progress(transient=True, disable=as_json) as bar:
         task = bar.add_task(f"exporting {n} probes of {space}", total=n)
-        manifest = write_probes(sp, out, n=n, batch=batch, seed=seed, force=force,
+        manifest = write_probes(sp, out, n=n, batch=batch, seed=seed, force=force, precision=precision,
                                 progress=lambda i, total: bar.update(task, completed=i))
     ms = sorted(p.macs for p in manifest.probes.values())
     if as_json:
