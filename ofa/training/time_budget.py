@@ -343,41 +343,43 @@ def report_training(plan: BudgetPlan, used_s: float, say) -> dict[str, float]:
 
 # ---- what the user reads -----------------------------------------------------------------------------------
 def render_plan(plan: BudgetPlan, batch: int, n_train: int) -> str:
+    """The plan as one block: what was measured, then each part with its size and estimated time."""
     r, e, s = plan.rates, plan.estimate_s, plan.phase_steps
-    what = "training" if plan.scope == "train" else "the main job: training, predictor, cpu profile, specialization"
+    what = "training" if plan.scope == "train" else "the whole job: training, predictor, cpu profile, specialization"
     elastic = {k: v for k, v in s.items() if k != "full"}
-    lines = [f"time budget {format_duration(plan.budget_s)} ({what}); measured in {r.probe_s:.0f} s:",
-             f"  full stage      {r.full_images_per_s():.0f} img/s ({r.full_step_s:.3f} s per step of {batch})",
-             "  elastic steps   " + ", ".join(f"{k} {v:.3f} s" for k, v in r.elastic_step_s.items()),
-             f"  subnet eval     {1 / r.eval_image_s:.0f} img/s (+{r.eval_subnet_s:.2f} s per subnet)",
-             f"plan: {plan.scale:.2f} x the schedule's steps" + (" (the floor)" if plan.floor else ""),
-             f"  full stage      {s.get('full', 0)} steps = {s.get('full', 0) * batch:,} images "
-             f"({s.get('full', 0) * batch / max(n_train, 1):.2f} epochs)"
-             f"{_est(e, 'train', train_seconds({'full': s.get('full', 0)}, r))}",
-             f"  elastic         {sum(elastic.values())} steps: " + ", ".join(f"{k} {v}" for k, v in elastic.items())
-             + _est(e, "train", train_seconds(elastic, r)),
-             ]
+    full = s.get("full", 0)
+    rows = [("start-up, measuring", f"{r.probe_s:.0f} s of timed steps and evaluations", e["startup"] + e["measuring"])]
+    if full:
+        rows.append(("full stage", f"{full} steps = {full * batch:,} images ({full * batch / max(n_train, 1):.2f} "
+                                   f"epochs)", train_seconds({"full": full}, r)))
+    if elastic:
+        rows.append(("elastic stages", f"{sum(elastic.values())} steps: " + ", ".join(f"{k} {v}" for k, v in
+                                                                                      elastic.items()),
+                     train_seconds(elastic, r)))
     if plan.eval_images.get("subnets", STAGE_EVALS):
-        lines.append(f"  stage evals     {plan.eval_images.get('subnets', STAGE_EVALS)} subnets x "
-                     f"({plan.eval_images.get('calib')} calib + {plan.eval_images.get('val')} val images)"
-                     f"{_est(e, 'stage_evals')}")
+        rows.append(("stage-end evals", f"{plan.eval_images.get('subnets', STAGE_EVALS)} subnets x "
+                                        f"({plan.eval_images.get('calib')} + {plan.eval_images.get('val')} images)",
+                     e["stage_evals"]))
     if plan.predictor:
         p = plan.predictor
-        lines.append(f"  predictor       {p['subnets']} subnets x ({p['calib_images']} calib + {p['val_images']} val "
-                     f"images), then fitting{_est(e, 'predictor')}")
+        rows.append(("accuracy predictor", f"{p['subnets']} subnets x ({p['calib_images']} calibration + "
+                                           f"{p['val_images']} validation images), fitting", e["predictor"]))
     if plan.profile:
         p = plan.profile
-        lines.append(f"  cpu profile     {p['n_fit']} + {p['n_test']} subnets x {p['rounds']} rounds{_est(e, 'profile')}")
+        rows.append(("cpu profile", f"{p['n_fit']} + {p['n_test']} subnets x {p['rounds']} rounds", e["profile"]))
     if "specialize" in e:
-        lines.append(f"  specialization  {SPEC_EVALS} nets searched and evaluated{_est(e, 'specialize')}")
-    lines.append(f"  total{' ' * 47}est. {format_duration(e['total']):>8} of {format_duration(plan.budget_s)}")
-    lines += [f"note: {n}" for n in plan.notes]
+        rows.append(("specialization", f"3 devices x 3 latency budgets; {SPEC_EVALS} nets evaluated",
+                     e["specialize"]))
+    rows.append(("total", f"of {format_duration(plan.budget_s)}", e["total"]))
+    w0, w1 = max(len(x[0]) for x in rows), max(len(x[1]) for x in rows)
+    lines = [f"time budget {format_duration(plan.budget_s)} for {what}",
+             f"  measured: full stage {r.full_images_per_s():.0f} img/s ({r.full_step_s:.3f} s a step of {batch}), "
+             f"subnet evaluation {1 / r.eval_image_s:.0f} img/s",
+             "  elastic steps (s): " + ", ".join(f"{k} {v:.2f}" for k, v in r.elastic_step_s.items()),
+             f"  plan: {plan.scale:.2f} x the schedule's steps" + (" (the floor)" if plan.floor else "")]
+    lines += [f"    {a:<{w0}}  {b:<{w1}}  {format_duration(c):>8}" for a, b, c in rows]
+    lines += [f"  note: {n}" for n in plan.notes]
     return "\n".join(lines)
-
-
-def _est(e: dict[str, float], key: str, value: float | None = None) -> str:
-    v = e.get(key, 0.0) if value is None else value
-    return f"   est. {format_duration(v):>8}"
 
 
 __all__ = ["BudgetPlan", "DEFAULT_BUDGET", "FILE_NAME", "Rates", "load_plan", "parse_budget_option",
