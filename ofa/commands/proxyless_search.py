@@ -202,19 +202,17 @@ def proxyless_search_cmd(
 ) -> None:
     """Run ProxylessNAS from scratch (over-parameterized net, binarized paths, latency loss); train the found net."""
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ofa.progress import Progress
 
     console = Console(stderr=True)
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
-                  disable=no_progress) as bar:
+    with Progress(not no_progress, console) as bar:   # a bar on a terminal, a line every 30 s in a log
         tasks: dict[str, Any] = {}
 
         def progress(phase: str, step: int, total: int, row: dict) -> None:
             if phase not in tasks:
-                tasks[phase] = bar.add_task(phase, total=total, info="")
-            info = " ".join(f"{k}={v:.3g}" for k, v in row.items() if isinstance(v, float))
-            bar.update(tasks[phase], completed=step + 1, info=info)
+                tasks[phase] = bar.task(phase, total)
+            bar.update(tasks[phase], completed=step + 1, **{k: v for k, v in row.items() if isinstance(v, float)})
 
         summary = proxyless_search(
             space=space, data=data, device=device, budget=budget, resolution=resolution, kernels=kernels,
