@@ -309,9 +309,11 @@ def fit_measured_profile(space: SpaceSpec, name: str = "cpu", device: str = "cpu
                          threads: int = 1, n_fit: int = 100, n_test: int = 20, seed: int = 0,
                          warmup: int = 5, repeats: int = 2, rounds: int = 30,
                          progress: Callable[[int, int], None] | None = None, clock_name: str = "auto",
-                         turn_warmup: int = 3, instances: int = 1, precision: str = "fp32", batch: int = 1) -> Profile:
+                         turn_warmup: int = 3, instances: int = 1, precision: str = "fp32", batch: int = 1,
+                         measure: Callable[..., np.ndarray] | None = None) -> Profile:
     """Measure `n_fit + n_test` random subnets (interleaved), fit on the first, report error on the rest.
-    At `batch` > 1 the profile prices the time of one batch (e.g. 64 for GPU throughput), and says so."""
+    At `batch` > 1 the profile prices the time of one batch (e.g. 64 for GPU throughput), and says so.
+    `measure` replaces `measure_nets` (same arguments), e.g. to share the subnets out over several GPUs."""
     if n_fit < 20 or n_test < 3:
         raise OFAError(f"profiling needs at least 20 fitting and 3 test networks, got {n_fit} and {n_test}")
     rng = random.Random(seed)
@@ -319,8 +321,8 @@ def fit_measured_profile(space: SpaceSpec, name: str = "cpu", device: str = "cpu
     archs[0], archs[1] = space.largest(), space.smallest()  # span the range in the fitting set
     nets = [space.net_spec(a) for a in archs]
     gpu = gpu_clock_note() if device == "cuda" else None
-    ms = measure_nets(nets, runtime, threads, device, warmup, repeats, rounds, progress, clock_name, turn_warmup,
-                      instances, precision, batch)
+    ms = (measure or measure_nets)(nets, runtime, threads, device, warmup, repeats, rounds, progress, clock_name,
+                                   turn_warmup, instances, precision, batch)
     clock_used = "thread CPU time" if pick_clock(clock_name, threads, device) is time.thread_time else "wall time"
     if device == "cuda" and runtime == "torch":
         clock_used = "CUDA events"

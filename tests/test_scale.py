@@ -222,3 +222,25 @@ def test_shards_merge_in_plan_order_once_each_and_survive_a_torn_line(tmp_path):
     collect(space, many, 9, lambda a: calls.append(a) or acc[a], seed=1, resume=True, progress=False)
     assert calls == [plan[8]]
     assert strip(read_dataset(many, space).rows) == strip(read_dataset(one, space).rows)
+
+
+def test_profile_refuses_parallel_timing_on_the_cpu(monkeypatch, capsys):
+    from ofa.training.distributed import DistInfo, ObjectChannel
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit) as err:
+        main(["profile", "--device", "cpu", "--fit", "20", "--test", "3"])
+    assert err.value.code == 2 and "must run as one process" in capsys.readouterr().err
+    one = ObjectChannel(DistInfo(rank=0, world=1, local_rank=0, device=torch.device("cpu")))
+    assert one.map_shards([3, 1, 2], lambda part: [10 * v for v in part]) == [30, 10, 20]
+
+    class TwoRanks(ObjectChannel):   # rank 0 of 2, with rank 1's share as rank 1 would compute it
+        def __init__(self, items, fn):
+            self.info, self.group = DistInfo(rank=0, world=2, local_rank=0, device=torch.device("cpu")), None
+            self.other = fn(items[1::2])
+
+        def gather(self, obj):
+            return [obj, self.other]
+
+    items, fn = list(range(7)), (lambda part: [v * v for v in part])
+    assert TwoRanks(items, fn).map_shards(items, fn) == [v * v for v in items]

@@ -72,10 +72,10 @@ def tiny_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def one_process_rows(tiny_run, tmp_path_factory):
-    """The 12-subnet dataset one process collects (what every multi-process collection must equal)."""
+    """The 14-subnet dataset one process collects (what every multi-process collection must equal)."""
     run = tmp_path_factory.mktemp("one") / "run"
     shutil.copytree(tiny_run, run)
-    collect_from_run(run, 12, calib_images=32, limit=32, device="cpu", threads=1, progress=False)
+    collect_from_run(run, 14, calib_images=32, limit=32, device="cpu", threads=1, progress=False)
     return _rows(dataset_paths(run)[0])
 
 
@@ -83,11 +83,11 @@ def one_process_rows(tiny_run, tmp_path_factory):
 def test_fit_predictor_on_two_nodes_equals_one_process(tiny_run, one_process_rows, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    outs = _two_nodes("fit-predictor", "--run-dir", str(run), "--samples", "10", "--json", *FIT)
+    outs = _two_nodes("fit-predictor", "--run-dir", str(run), "--samples", "12", "--json", *FIT)
     assert all(o.returncode == 0 for o in outs), outs[0].stderr[-3000:] + outs[1].stderr[-3000:]
-    assert '"n_rows": 10' in outs[0].stdout and outs[1].stdout.strip() == ""   # rank 0 alone fits and reports
+    assert '"n_rows": 12' in outs[0].stdout and outs[1].stdout.strip() == ""   # rank 0 alone fits and reports
     csv_path = dataset_paths(run)[0]
-    assert _rows(csv_path) == one_process_rows[:10]
+    assert _rows(csv_path) == one_process_rows[:12]
     assert not list(csv_path.parent.glob("*.rank*.csv"))   # the shards were merged and removed
     assert (run / "predictors" / "accuracy_predictor.json").exists()
 
@@ -97,7 +97,7 @@ def test_a_rank_killed_mid_collection_resumes_on_one_process(tiny_run, one_proce
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     port = str(_free_port())
-    procs = [subprocess.Popen([sys.executable, "-m", "ofa", "fit-predictor", "--run-dir", str(run), "--samples", "12",
+    procs = [subprocess.Popen([sys.executable, "-m", "ofa", "fit-predictor", "--run-dir", str(run), "--samples", "14",
                                *FIT], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                               env={**ENV, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": "2",
                                    "RANK": str(r), "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}) for r in (0, 1)]
@@ -123,8 +123,8 @@ def test_a_rank_killed_mid_collection_resumes_on_one_process(tiny_run, one_proce
     shards = {r: [int(x["index"]) for x in read_dataset(shard_path(csv_path, r)).rows] for r in (0, 1)}
     assert shards[1] and all(i % 2 == 1 for i in shards[1]) and all(i % 2 == 0 for i in shards[0])
     # one process resumes: it merges the shards, measures only what is missing, and ends equal
-    data = collect_from_run(run, 12, resume=True, calib_images=32, limit=32, device="cpu", threads=1, progress=False)
-    assert len(data) == 12 and _rows(csv_path) == one_process_rows
+    data = collect_from_run(run, 14, resume=True, calib_images=32, limit=32, device="cpu", threads=1, progress=False)
+    assert len(data) == 14 and _rows(csv_path) == one_process_rows
     assert not shard1.exists()
 
 

@@ -140,6 +140,16 @@ class ObjectChannel:
         dist.all_gather_object(out, obj, group=self.group)
         return out
 
+    def map_shards(self, items: list, fn) -> list:
+        """`fn(items[rank::world])` on every rank, the results put back in the order of `items` on every rank
+        (`fn` returns one value per item it is given)."""
+        rank, world = self.info.rank, self.info.world
+        parts = self.gather([v for v in fn(items[rank::world])])
+        out: list[Any] = [None] * len(items)
+        for r, part in enumerate(parts):
+            out[r::world] = part
+        return out
+
     def wait(self) -> None:
         """A barrier that lets the slowest rank take up to LONG_WAIT."""
         self.gather(None)
