@@ -233,7 +233,8 @@ def bench_accuracy(args) -> dict:
         out["nets"].append(row)
         print(f"  {folder.name}: test fp32 {100 * row['test']['all_int8']['fp32_accuracy']:.2f}%, all-int8 "
               f"{100 * row['test']['all_int8']['int8_accuracy']:.2f}%, chosen ({', '.join(parts) or 'none'}) "
-              f"{100 * row['test']['chosen']['int8_accuracy']:.2f}%; 1t ratio {row['latency_1t_ms']['ratio_all_int8']:.2f}",
+              f"{100 * row['test']['chosen']['int8_accuracy']:.2f}%; "
+              f"1t ratio {row['latency_1t_ms']['ratio_all_int8']:.2f}",
               flush=True)
     return out
 

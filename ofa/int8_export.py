@@ -208,8 +208,9 @@ def export_int8(folder: str | Path, *, data: Any = None, bundle=None, calib_imag
     """Write `folder/model.int8.onnx` and its figures into `folder/arch.json`; returns the `int8` section.
 
     `float_parts`: "auto" (chosen on validation, see the module docstring; the default, `DEFAULT_FLOAT_PARTS`),
-    "none", or part names ("stem", "block3", "head", "hswish", "se"; a list or comma-separated). `bundle` / `data` replace the data the net was
-    trained on. Latency is timed with `threads` intra-op threads (default: the measured `profile`'s, else 1).
+    "none", or part names ("stem", "block3", "head", "hswish", "se"; a list or comma-separated). `bundle` /
+    `data` replace the data the net was trained on. Latency is timed with `threads` intra-op threads (default:
+    the measured `profile`'s, else 1), fp32 and int8 interleaved in one session.
     """
     import onnxruntime as ort
 
@@ -275,8 +276,9 @@ def export_int8(folder: str | Path, *, data: Any = None, bundle=None, calib_imag
     meta["int8"] = section
     atomic.write_json(folder / "arch.json", meta)
     if progress:
-        acc = (f"test {100 * section['test']['int8_accuracy']:.2f}% int8 vs {100 * section['test']['fp32_accuracy']:.2f}% "
-               f"fp32" if evaluate else "")
+        test = section.get("test") or {}
+        acc = (f"test {100 * test['int8_accuracy']:.2f}% int8 vs {100 * test['fp32_accuracy']:.2f}% fp32"
+               if evaluate else "")
         lat = (f", {section['latency']['int8_ms']:.2f} vs {section['latency']['fp32_ms']:.2f} ms"
                if measure else "")
         print(f"  int8 -> {folder / INT8_FILE}: {acc}{lat}; float parts: {', '.join(parts) or 'none'}")

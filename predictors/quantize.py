@@ -122,7 +122,8 @@ def int8_coverage(model: bytes) -> dict:
     ops = kernel_ops(model)
     conv = {"QuantizeLinear", "DequantizeLinear", "Transpose", "Flatten", "Reshape", "Identity"}
     int8 = sum(v for k, v in ops.items() if k in INT8_KERNELS)
-    return {"int8_kernels": int8, "float_ops": sum(v for k, v in ops.items() if k not in INT8_KERNELS and k not in conv),
+    floats = sum(v for k, v in ops.items() if k not in INT8_KERNELS and k not in conv)
+    return {"int8_kernels": int8, "float_ops": floats,
             "conversions": ops.get("QuantizeLinear", 0) + ops.get("DequantizeLinear", 0), "ops": dict(ops)}
 
 

@@ -18,19 +18,21 @@ def export_cmd(
                             "model.onnx (give onnx,onnx-int8 to re-export it first)."),
     data: Optional[str] = typer.Option(None, "--data", help="Images to calibrate and evaluate with (default: the data "
                                        "arch.json says the net was trained on)."),
-    calib_images: int = typer.Option(300, "--calib-images", help="Training images int8 is calibrated on (at least 100)."),
+    calib_images: int = typer.Option(300, "--calib-images",
+                                     help="Training images int8 is calibrated on (at least 100)."),
     float_parts: str = typer.Option("auto", "--float-parts", help="Parts left in float: auto (chosen on validation "
                                     "images where all-int8 loses more than --tolerance), none, or names: stem, "
                                     "block<N>, head, hswish, se (comma-separated)."),
     tolerance: float = typer.Option(0.5, "--tolerance", help="Validation points all-int8 may lose before "
                                     "--float-parts auto leaves parts in float."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Intra-op threads for the latency measurement (default 1)."),
+    threads: Optional[int] = typer.Option(None, "--threads",
+                                          help="Intra-op threads for the latency measurement (default 1)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the calibration images' draw."),
     no_evaluate: bool = typer.Option(False, "--no-evaluate", help="Do not measure test accuracy."),
     no_measure: bool = typer.Option(False, "--no-measure", help="Do not time fp32 and int8 here."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Re-export a network folder (onnx, torchscript) or quantize it to int8 (model.int8.onnx + figures in arch.json)."""
+    """Re-export a network folder (onnx, torchscript) or quantize it to int8 (model.int8.onnx, figures in arch.json)."""
     from elastic.errors import OFAError
     from ofa.export import export_folder
 
