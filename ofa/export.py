@@ -55,7 +55,9 @@ def _check(diff: float, ref: np.ndarray, tol: float, what: str) -> float:
     """Outputs must agree to `tol` relative to the logits' scale (at least 1): float32 ops reorder differently."""
     scale = max(1.0, float(np.abs(ref).max()))
     if not np.isfinite(diff) or diff > tol * scale:
-        raise RuntimeError(f"{what} export differs from PyTorch by {diff:.2e} (> {tol:g} x logit scale {scale:.3g})")
+        raise OFAError(f"the {what} export computes outputs {diff:.2e} away from PyTorch's (allowed {tol:g} x logit "
+                       f"scale {scale:.3g}), so it was not kept; leave {what.lower()} out of the export formats or "
+                       "check the network's weights for extreme values")
     return diff
 
 
