@@ -129,6 +129,7 @@ def quickstart(run: str | Path = "checkpoints/quickstart", *, data: str | dict[s
             say(f"time budget: {format_duration(clock.used())} used; the accuracy predictor gets "
                 f"{plan.predictor['subnets']} subnets")
         n_pred, pred_calib = plan.predictor["subnets"], plan.predictor["calib_images"]
+        pred_limit = plan.predictor["val_images"]   # (the whole validation split when it holds no more)
     data_set = collect_from_run(rd.path, n_pred, seed=seed, resume=True, calib_images=pred_calib, limit=pred_limit,
                                 progress=True)
     acc_pred = fit_accuracy_predictor(space, data_set.archs, data_set.accuracies, seed=seed)

@@ -19,8 +19,8 @@ from ofa.training import TrainConfig, train
 from ofa.training.schedule import QUICK_PHASE_STEPS
 from ofa.training.time_budget import (MIN_PHASE_STEPS, MIN_SCALE, PREDICTOR_MAX, PREDICTOR_MIN, TARGET, BudgetPlan,
                                       Rates, load_plan, parse_budget_option, parse_duration, plan_budget,
-                                      predictor_seconds, render_plan, resize_predictor, save_plan, stored_plan_for,
-                                      train_seconds)
+                                      predictor_seconds, render_plan, resize_predictor, revise_steps, save_plan,
+                                      stored_plan_for, train_seconds)
 
 # the quick schedule on Fashion-MNIST's 55,000 training images: 2 full epochs of 429 steps + the 700-step split
 QUICK_STEPS = {"full": 858, **QUICK_PHASE_STEPS}
@@ -110,6 +110,34 @@ def test_predictor_is_resized_to_the_time_training_left():
     assert resize_predictor(plan, 2000) == PREDICTOR_MIN  # over budget already: the floor
 
 
+@pytest.mark.parametrize("drift", [1.3, 1.0, 0.8])
+def test_stage_starts_resize_the_rest_to_end_training_on_time(drift):
+    """After the full stage ran `drift` x its estimate, the elastic phases are re-sized so that the training still
+    ends when planned (the machine assumed to stay at the speed the full stage saw), in the schedule's proportions."""
+    r = rates(0.6)
+    plan = plan_budget(900, r, QUICK_STEPS, scope="quickstart", eval_subnets=0)
+    est = plan.estimate_s
+    full_planned = train_seconds({"full": plan.phase_steps["full"]}, r)
+    used = est["startup"] + est["measuring"] + drift * full_planned
+    elastic = [k for k in QUICK_STEPS if k != "full"]
+    rev = revise_steps(plan, elastic, ["full"], drift * full_planned, used)
+    assert rev["drift"] == pytest.approx(drift) and rev["stage"] == "kernel"
+    end = used + drift * train_seconds(rev["phase_steps"], r)
+    assert end == pytest.approx(est["startup"] + est["measuring"] + est["train"], rel=0.01)
+    for k in elastic:
+        assert rev["phase_steps"][k] == max(MIN_PHASE_STEPS, round(QUICK_STEPS[k] * rev["scale"]))
+    if drift == 1.0:   # on time: the plan stands (to the rounding of steps)
+        assert rev["scale"] == pytest.approx(plan.scale, rel=0.01)
+    else:
+        assert (rev["scale"] < plan.scale) == (drift > 1)
+    # the predictor then budgets its subnets at the speed the training saw
+    plan.revisions.append(rev)
+    at_drift = resize_predictor(plan, end)
+    plan.revisions[-1] = {**rev, "drift": 1.0}
+    at_measured_speed = resize_predictor(plan, end)
+    assert (at_drift < at_measured_speed) == (drift > 1) and (at_drift > at_measured_speed) == (drift < 1)
+
+
 def test_plan_files_round_trip_and_refuse_another_budget(tmp_path):
     plan = plan_budget(900, rates(0.5), QUICK_STEPS, scope="quickstart")
     plan.spent_s["measured"] = 12.5
@@ -165,15 +193,16 @@ def test_budgeted_run_killed_and_resumed_follows_its_stored_plan(tmp_path):
     proc.wait(timeout=30)
     assert killed, f"the run ended before it could be killed: {proc.stderr.read()[-2000:]}"
     plan_file = run / "time_budget.json"
-    stored = plan_file.read_bytes()
-    plan = json.loads(stored)
+    plan = json.loads(plan_file.read_bytes())
     assert plan["scope"] == "train" and plan["budget_s"] == 3 and set(plan["phase_steps"]) == {"full"}
 
     out = subprocess.run(_ofa("train", "--run", str(run), "--resume", "--no-progress", "--threads", "1"), capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "resuming run" in out.stderr and "measuring this machine" not in out.stderr
-    assert plan_file.read_bytes() == stored                      # the plan is not redone
+    again = json.loads(plan_file.read_bytes())                  # the plan is not redone (only its clock moves on)
+    assert {k: v for k, v in again.items() if k != "spent_s"} == {k: v for k, v in plan.items() if k != "spent_s"}
+    assert "stage full" in again["spent_s"]
     steps = plan["phase_steps"]["full"]
     hist = [h for h in RunDir(run).history() if h["kind"] == "epoch"]   # (its images: those after the resume)
     assert [(h["stage"], h["epoch"]) for h in hist] == [("full", 1)]
@@ -215,5 +244,6 @@ def test_rerun_after_planning_reuses_the_plan(tmp_path):
         train(cfg, log=stop_at_first_phase)
     assert not any(m.startswith("measuring this machine") for m in said)
     assert any("following the plan stored" in m for m in said) and (run / "time_budget.json").read_bytes() == first
+    # (no stage ended: the plan's clock has not moved either)
     with pytest.raises(OFAError, match="plans a 2s train budget, not 5s train"):
         train(TrainConfig(**{**cfg.to_dict(), "time_budget": 5.0}), log=lambda m: None)

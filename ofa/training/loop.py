@@ -135,7 +135,6 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] | N
     `cfg.time_budget` a new run first sizes its steps to the budget (`ofa.training.time_budget`; `plan_options`
     go to its planner).
     """
-    t_begin = time.monotonic()
     info = init_distributed(cfg.device)
     run = RunDir(cfg.run)
     run.check_creatable()   # before the data is read
@@ -202,11 +201,13 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] | N
         if not run.data_file.exists():
             run.save_data_config(bundle.config)
     barrier(info)
-    budget_plan = None
-    if cfg.time_budget is not None and not resume:   # size the steps to the budget (measured once, then stored)
-        from ofa.training.time_budget import plan_training
+    budget_plan = budget = None
+    if cfg.time_budget is not None:   # size the steps to the budget (measured once, then stored; re-sized per stage)
+        from ofa.training.time_budget import budget_run, plan_training
 
-        cfg, budget_plan = plan_training(cfg, run, space, bundle, info, say, stages, **(plan_options or {}))
+        if not resume:
+            cfg, budget_plan = plan_training(cfg, run, space, bundle, info, say, stages, **(plan_options or {}))
+        budget = budget_run(cfg, run, resume, budget_plan, info)
 
     summary: dict[str, Any] = {"run": str(run.path), "space": space.name, "data": bundle.config, "stages": []}
     start_stage = 0
@@ -218,12 +219,16 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] | N
     with Progress(cfg.progress and info.is_main, console) as progress:
         for si in range(start_stage, len(stages)):
             stage_state = state if (state is not None and si == start_stage) else None
+            if budget is not None and stage_state is None and stages[si] != "full":
+                cfg = budget.revise(cfg, stages[si], space, info, say)
             result = _train_stage(stages[si], cfg, run, space, bundle, info, stage_state, say, progress)
             summary["stages"].append(result)
-    if budget_plan is not None and cfg.time_budget_scope == "train":
+            if budget is not None:
+                budget.milestone(f"stage {stages[si]}")
+    if budget is not None and cfg.time_budget_scope == "train":
         from ofa.training.time_budget import report_training
 
-        summary["time_budget"] = report_training(budget_plan, time.monotonic() - t_begin, say)
+        summary["time_budget"] = report_training(budget.plan, budget.used(), say)
     return summary
 
 

@@ -37,6 +37,8 @@ SCOPES = ("train", "quickstart")
 MIN_SCALE = 0.03                  # the floor: 3% of the schedule's steps
 MIN_PHASE_STEPS = 4               # no phase shorter than this
 TARGET = 0.97                     # plan to end at 97% of the budget (what follows the plan is not free)
+MIN_DRIFT, MAX_DRIFT = 0.5, 3.0   # how far the machine's speed may have moved since it was measured
+MAX_RESCALE = 3.0                 # a stage-start revision gives at most this many times the planned steps
 
 # The accuracy predictor of the main job (quickstart scope). What a subnet's label costs: `calib` training
 # images to recalibrate BN plus `val` validation images; how many subnets: a share of what the budget leaves,
@@ -141,6 +143,8 @@ class BudgetPlan:
     eval_images: dict[str, int] = field(default_factory=dict)   # calib, val images of the stage-end evaluations
     notes: list[str] = field(default_factory=list)
     spent_s: dict[str, float] = field(default_factory=dict)     # seconds used at milestones (for a resumed job)
+    base_steps: dict[str, int] = field(default_factory=dict)    # the schedule's own steps (scale 1)
+    revisions: list[dict[str, Any]] = field(default_factory=list)   # re-sized at stage starts (revise_steps)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -156,7 +160,9 @@ class BudgetPlan:
                        scale=float(d["scale"]), phase_steps={k: int(v) for k, v in d["phase_steps"].items()},
                        estimate_s=dict(d["estimate_s"]), floor=bool(d.get("floor")), predictor=d.get("predictor"),
                        profile=d.get("profile"), eval_images=dict(d.get("eval_images") or {}),
-                       notes=list(d.get("notes") or []), spent_s=dict(d.get("spent_s") or {}))
+                       notes=list(d.get("notes") or []), spent_s=dict(d.get("spent_s") or {}),
+                       base_steps={k: int(v) for k, v in (d.get("base_steps") or {}).items()},
+                       revisions=list(d.get("revisions") or []))
         except (KeyError, TypeError, ValueError) as exc:
             raise OFAError(f"damaged time-budget plan ({type(exc).__name__}: {exc})") from None
 
@@ -226,12 +232,14 @@ def predictor_subnets_for(seconds: float, rates: Rates, calib: int = PREDICTOR_C
 
 def plan_budget(budget_s: float, rates: Rates, base_steps: dict[str, int], *, scope: str = "train",
                 stage_eval: tuple[int, int] = (1000, 2000), eval_subnets: int = STAGE_EVALS,
-                spec_eval: tuple[int, int] = (1000, 2000), predictor_subnets: int | None = None) -> BudgetPlan:
+                spec_eval: tuple[int, int] = (1000, 2000), predictor_subnets: int | None = None,
+                predictor_images: tuple[int, int] = (PREDICTOR_CALIB, PREDICTOR_VAL)) -> BudgetPlan:
     """Size `base_steps` (the schedule's steps per phase, "full" included) and, for the quickstart scope, the
     predictor and profile so that the estimated total lands at TARGET x `budget_s`.
 
     `stage_eval` / `spec_eval`: (calibration, evaluation) images of one stage-end / specialized-net evaluation.
-    `predictor_subnets`: a fixed number of predictor subnets (the rest is sized around it).
+    `predictor_subnets`: a fixed number of predictor subnets (the rest is sized around it); `predictor_images`:
+    the (calibration, validation) images of one predictor label.
     """
     if scope not in SCOPES:
         raise OFAError(f"unknown time-budget scope '{scope}'; allowed: {', '.join(SCOPES)}")
@@ -255,9 +263,9 @@ def plan_budget(budget_s: float, rates: Rates, base_steps: dict[str, int], *, sc
             est["profile"] = (prof_cfg[0] + prof_cfg[1]) * costs["profile_per_subnet_s"]
         rest = target - sum(est.values())
         n_pred = predictor_subnets if predictor_subnets is not None else \
-            predictor_subnets_for(PREDICTOR_SHARE * rest, rates)
-        est["predictor"] = predictor_seconds(n_pred, rates)
-        pred_cfg = {"subnets": int(n_pred), "calib_images": PREDICTOR_CALIB, "val_images": PREDICTOR_VAL}
+            predictor_subnets_for(PREDICTOR_SHARE * rest, rates, *predictor_images)
+        est["predictor"] = predictor_seconds(n_pred, rates, *predictor_images)
+        pred_cfg = {"subnets": int(n_pred), "calib_images": predictor_images[0], "val_images": predictor_images[1]}
     available = target - sum(est.values())
     unit = train_seconds(base_steps, rates)          # seconds of the schedule at scale 1
     scale = available / unit if unit > 0 else MIN_SCALE
@@ -275,6 +283,7 @@ def plan_budget(budget_s: float, rates: Rates, base_steps: dict[str, int], *, sc
                      f"({rates.full_images_per_s():.0f} img/s in the full stage): running the minimum "
                      f"({MIN_SCALE:g} x the schedule), expected to take {format_duration(est['total'])}")
     plan = BudgetPlan(budget_s=float(budget_s), scope=scope, rates=rates, scale=float(scale), phase_steps=steps,
+                      base_steps=dict(base_steps),
                       estimate_s=est, floor=floor, predictor=pred_cfg,
                       profile=None if prof_cfg is None else dict(zip(("n_fit", "n_test", "rounds"), prof_cfg)),
                       eval_images={"calib": stage_eval[0], "val": stage_eval[1], "subnets": eval_subnets},
@@ -290,7 +299,10 @@ def resize_predictor(plan: BudgetPlan, spent_s: float) -> int:
     assert plan.predictor is not None
     est = plan.estimate_s
     planned_so_far = est["startup"] + est["measuring"] + est["train"] + est["stage_evals"]
-    drift = min(3.0, max(0.5, spent_s / planned_so_far)) if planned_so_far > 0 else 1.0
+    if plan.revisions:   # the training re-sized itself: its steps ran `drift` x the measured time
+        drift = plan.revisions[-1]["drift"]
+    else:
+        drift = min(MAX_DRIFT, max(MIN_DRIFT, spent_s / planned_so_far)) if planned_so_far > 0 else 1.0
     after = (est.get("profile", 0.0) + est.get("specialize", 0.0)) * drift
     left = TARGET * plan.budget_s - spent_s - after
     rates = plan.rates
@@ -322,6 +334,7 @@ def plan_training(cfg, run, space, bundle, info, say, stages=None, **options: An
         plan = plan_budget(cfg.time_budget, rates, cfg.schedule_steps(space, n_train, stages or STAGES_EVALUATED), scope=cfg.time_budget_scope,
                            stage_eval=stage_eval, spec_eval=(stage_eval[0], len(bundle.test)),
                            eval_subnets=len(stages or STAGES_EVALUATED) * (2 + (cfg.eval_subnets or 0)) if cfg.stage_eval else 0,
+                           predictor_images=(min(PREDICTOR_CALIB, n_train), min(PREDICTOR_VAL, len(bundle.val))),
                            **options)
         plan.spent_s["measured"] = plan.estimate_s["startup"] + rates.probe_s
         save_plan(run.path, plan)
@@ -339,6 +352,93 @@ def report_training(plan: BudgetPlan, used_s: float, say) -> dict[str, float]:
     say(f"time budget {format_duration(plan.budget_s)}: used {format_duration(used_s)} "
         f"({100 * used_s / plan.budget_s:.0f}%; planned {format_duration(plan.estimate_s['total'])})")
     return out
+
+
+def revise_steps(plan: BudgetPlan, remaining: list[str], done: list[str], done_actual_s: float,
+                 used_s: float) -> dict[str, Any]:
+    """Re-size the phases not started yet (`remaining`, in order) to the time the training has left.
+
+    `done`: the phases trained so far, which took `done_actual_s` seconds of steps against the plan's estimate
+    for them: their ratio (`drift`, clipped) says how much slower (or faster) the machine runs now than when it
+    was measured, and the remaining steps are estimated at that speed. `used_s`: seconds the job has used. The
+    training is to end when the plan said it would; the remaining phases keep the schedule's proportions."""
+    r, est = plan.rates, plan.estimate_s
+    planned_done = train_seconds({k: plan.phase_steps[k] for k in done}, r)
+    drift = min(MAX_DRIFT, max(MIN_DRIFT, done_actual_s / planned_done)) if planned_done > 0 else 1.0
+    train_end = est["startup"] + est["measuring"] + est["train"] + est.get("stage_evals", 0.0)
+    n_stages = max(1, len({k.split("/")[0] for k in plan.phase_steps}))
+    evals_left = est.get("stage_evals", 0.0) * len({k.split("/")[0] for k in remaining}) / n_stages * drift
+    left = train_end - used_s - evals_left
+    base = {k: plan.base_steps[k] for k in remaining}
+    unit = train_seconds(base, r) * drift
+    scale = min(MAX_RESCALE * plan.scale, max(MIN_SCALE, left / unit)) if unit > 0 else plan.scale
+    for _ in range(8):   # as in plan_budget: phases held at MIN_PHASE_STEPS cost more than their share
+        if scale <= MIN_SCALE:
+            break
+        scale = max(MIN_SCALE, scale * left / max(train_seconds(scaled_steps(base, scale), r) * drift, 1e-9))
+    return {"stage": remaining[0].split("/")[0], "used_s": used_s, "drift": drift, "scale": scale,
+            "phase_steps": scaled_steps(base, scale)}
+
+
+class BudgetRun:
+    """A budgeted training run in progress: its plan, the time it has used, and the re-sizing at stage starts."""
+
+    def __init__(self, run, plan: BudgetPlan, offset_s: float, is_main: bool = True):
+        import time
+
+        self.run, self.plan, self.offset_s, self.is_main = run, plan, offset_s, is_main
+        self.t0 = time.monotonic()
+
+    def used(self) -> float:
+        import time
+
+        return self.offset_s + time.monotonic() - self.t0
+
+    def milestone(self, name: str) -> None:
+        if self.is_main:
+            self.plan.spent_s[name] = self.used()
+            save_plan(self.run.path, self.plan)
+
+    def revise(self, cfg, stage: str, space, info, say):
+        """`cfg` with the steps of `stage` and the later stages re-sized (once; a resume reuses the revision)."""
+        from dataclasses import replace
+
+        from ofa.training.distributed import broadcast_object
+        from ofa.training.schedule import STAGES, stage_phases
+
+        later = [p.name for s in STAGES[STAGES.index(stage):] for p in stage_phases(s, space)]
+        remaining = [k for k in later if k in self.plan.phase_steps]
+        done = [k for k in self.plan.phase_steps if k not in remaining]
+        rev = next((v for v in self.plan.revisions if v["stage"] == stage), None)
+        if rev is None and self.is_main and remaining and done and self.plan.base_steps:
+            seconds = {}
+            for h in self.run.history():
+                if h.get("kind") == "epoch":
+                    name = h["stage"] if h["stage"] in ("full", "kernel") else f"{h['stage']}/{h['phase']}"
+                    seconds[name] = seconds.get(name, 0.0) + float(h.get("seconds") or 0.0)
+            rev = revise_steps(self.plan, remaining, done, sum(seconds.get(k, 0.0) for k in done), self.used())
+            self.plan.revisions.append(rev)
+            self.plan.phase_steps.update(rev["phase_steps"])
+            save_plan(self.run.path, self.plan)
+            say(f"time budget: {format_duration(rev['used_s'])} used; the steps so far ran at {rev['drift']:.2f} x "
+                f"their estimate, so from stage '{stage}' on: {rev['scale']:.3f} x the schedule's steps ("
+                + ", ".join(f"{k} {v}" for k, v in rev["phase_steps"].items()) + ")")
+        rev = broadcast_object(info, rev)
+        if rev is None:
+            return cfg
+        return replace(cfg, phase_steps={**cfg.phase_steps, **rev["phase_steps"]})
+
+
+def budget_run(cfg, run, resume: bool, plan: BudgetPlan | None, info) -> BudgetRun | None:
+    """The BudgetRun of a budgeted training (`plan`: just made; None on a resume, read from the run)."""
+    if cfg.time_budget is None:
+        return None
+    if plan is None:
+        plan = load_plan(run.path)
+        if plan is None:
+            return None
+        return BudgetRun(run, plan, max(plan.spent_s.values(), default=0.0), info.is_main)
+    return BudgetRun(run, plan, plan.spent_s.get("measured", plan.estimate_s["startup"]), info.is_main)
 
 
 # ---- what the user reads -----------------------------------------------------------------------------------
@@ -382,6 +482,6 @@ def render_plan(plan: BudgetPlan, batch: int, n_train: int) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["BudgetPlan", "DEFAULT_BUDGET", "FILE_NAME", "Rates", "load_plan", "parse_budget_option",
+__all__ = ["BudgetPlan", "BudgetRun", "budget_run", "revise_steps", "DEFAULT_BUDGET", "FILE_NAME", "Rates", "load_plan", "parse_budget_option",
            "parse_duration", "plan_budget", "plan_path", "predictor_seconds", "render_plan", "resize_predictor",
            "save_plan", "scaled_steps", "stored_plan_for", "train_seconds"]
