@@ -150,9 +150,20 @@ def _int(d: Mapping, key: str, where: str, default: Any = ...) -> int:
     return v
 
 
+def _fraction(d: Mapping, key: str, default: float, where: str, zero_ok: bool = False) -> float:
+    """A number in (0, 1) ([0, 1) with `zero_ok`); null or absent: `default`."""
+    v = d.get(key)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 <= v < 1 if zero_ok else 0 < v < 1):
+        raise OFAError(f"net_config {where} field '{key}' must be a number in {'[0' if zero_ok else '(0'}, 1), "
+                       f"got {v!r}")
+    return float(v)
+
+
 def _act(d: Mapping, where: str, default: str | None) -> str:
     a = d.get("act_func", default)
-    if a not in _ACTS:
+    if not (a is None or isinstance(a, str)) or a not in _ACTS:
         raise OFAError(f"net_config {where} has act_func {a!r}; supported: relu, relu6, h_swish, none")
     return _ACTS[a]
 
@@ -217,8 +228,8 @@ def netspec_from_ofa_config(cfg: Any, image_size: int | None = None) -> NetSpec:
         e = conv.get("expand_ratio", 6)
         if isinstance(e, list) and len(e) == 1:
             e = e[0]
-        if isinstance(e, bool) or not isinstance(e, (int, float)) or e <= 0:
-            raise OFAError(f"net_config {where} field 'expand_ratio' must be a positive number, got {e!r}")
+        if isinstance(e, bool) or not isinstance(e, (int, float)) or not 0 < e <= 64:
+            raise OFAError(f"net_config {where} field 'expand_ratio' must be a positive number up to 64, got {e!r}")
         if e == 1:
             mid = None
         elif conv.get("mid_channels") is not None:
@@ -252,12 +263,14 @@ def netspec_from_ofa_config(cfg: Any, image_size: int | None = None) -> NetSpec:
     if not isinstance(clf, Mapping):
         raise OFAError("net_config 'classifier' must be an object (a LinearLayer)")
     bn = cfg.get("bn") or {}
+    if not isinstance(bn, Mapping):
+        raise OFAError("net_config 'bn' must be an object with eps and momentum")
     spec = NetSpec(
         family="mbv3" if mbv3 else "proxyless", resolution=size, stem=stem, blocks=tuple(blocks),
         final_expand=final_expand, feature_mix=mix, mix_after_pool=mbv3,
-        n_classes=_int(clf, "out_features", "classifier"), bn_eps=float(bn.get("eps", 1e-5)),
-        bn_momentum=float(bn.get("momentum", 0.1)), dropout=float(clf.get("dropout_rate", 0.0) or 0.0),
-        in_channels=stem.in_ch,
+        n_classes=_int(clf, "out_features", "classifier"), bn_eps=_fraction(bn, "eps", 1e-5, "bn"),
+        bn_momentum=_fraction(bn, "momentum", 0.1, "bn"),
+        dropout=_fraction(clf, "dropout_rate", 0.0, "classifier", zero_ok=True), in_channels=stem.in_ch,
     )
     if _int(clf, "in_features", "classifier") != spec.features:
         raise OFAError(f"net_config classifier takes {clf['in_features']} features but the net gives {spec.features}")

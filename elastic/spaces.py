@@ -247,17 +247,36 @@ def get_space(name: str, n_classes: int = 1000, **overrides: Any) -> SpaceSpec:
     return replace(spec, **overrides) if overrides else spec
 
 
+def _whole(value: Any, what: str, least: int, most: int) -> int:
+    """`value` as an int in [least, most] (JSON may give 32.0), else OFAError naming `what`."""
+    ok = isinstance(value, int) and not isinstance(value, bool) or isinstance(value, float) and value.is_integer()
+    if not ok or not least <= value <= most:
+        raise OFAError(f"space field {what} must be an integer in {least}..{most}, got {value!r}")
+    return int(value)
+
+
 def space_from_dict(data: Any) -> SpaceSpec:
-    """Rebuild a space from `space.json` contents, validating every field."""
-    if not isinstance(data, dict) or "name" not in data:
-        raise OFAError("space.json must be a JSON object with at least a 'name' field")
-    base = get_space(data["name"], n_classes=int(data.get("n_classes", 1000)))
-    overrides = {}
+    """Rebuild a space from `space.json` contents, validating every field: a registered name, whole numbers in range,
+    and choice lists that are non-empty subsets of the registered space's (resolutions: any sizes >= 8 px)."""
+    if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+        raise OFAError("space.json must be a JSON object with at least a 'name' field (a registered space name)")
+    base = get_space(data["name"], n_classes=_whole(data.get("n_classes", 1000), "n_classes", 2, 1_000_000))
+    overrides: dict[str, Any] = {}
     for key in ("ks_choices", "e_choices", "d_choices", "resolutions"):
-        if key in data:
-            overrides[key] = tuple(int(v) for v in data[key])
+        if key not in data:
+            continue
+        values = data[key]
+        if not isinstance(values, list) or not values:
+            raise OFAError(f"space field {key} must be a non-empty list of integers, got {values!r}")
+        out = tuple(sorted({_whole(v, f"{key}[{i}]", 8 if key == "resolutions" else 1, 4096)
+                            for i, v in enumerate(values)}))
+        allowed = getattr(base, key)
+        if key != "resolutions" and not set(out) <= set(allowed):
+            raise OFAError(f"space field {key} = {list(out)} is not a subset of space {base.name}'s "
+                           f"{list(allowed)}")
+        overrides[key] = out
     if "in_channels" in data:
-        overrides["in_channels"] = int(data["in_channels"])
+        overrides["in_channels"] = _whole(data["in_channels"], "in_channels", 1, 64)
     return replace(base, **overrides)
 
 

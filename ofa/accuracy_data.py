@@ -247,7 +247,8 @@ def collect(space: SpaceSpec, csv_path: str | os.PathLike, n: int, evaluate: Cal
                 t = time.perf_counter()
                 acc = float(evaluate(arch))
                 if not 0.0 <= acc <= 1.0:
-                    raise ValueError(f"evaluate returned accuracy {acc} outside [0, 1]")
+                    raise OFAError(f"the evaluate function returned accuracy {acc} for subnet {i}; accuracies are "
+                                   "fractions in [0, 1] (not percentages)")
                 spec = space.net_spec(arch)
                 row = {"index": i, "arch": arch.to_json(), "resolution": arch.r, "depth": sum(arch.d),
                        "macs": net_macs(spec), "params": net_params(spec), "accuracy": f"{acc:.6f}",

@@ -404,4 +404,13 @@ def data_from_config(config: dict[str, Any]) -> DataBundle:
     unknown = sorted(set(config) - allowed)
     if unknown:
         raise OFAError(f"data config has unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+    types = {"name": (str,), "root": (str, type(None)), "val_size": (int, float, type(None)), "split_seed": (int,),
+             "subset_size": (int, type(None)), "eval_size": (int, type(None)), "image_size": (int,), "val_from": (str,)}
+    wrong = [k for k, v in config.items() if isinstance(v, bool) or not isinstance(v, types[k])]
+    if wrong:
+        raise OFAError(f"data config field '{wrong[0]}' = {config[wrong[0]]!r} has the wrong type; expected "
+                       f"{' or '.join('null' if t is type(None) else t.__name__ for t in types[wrong[0]])}")
+    for key in ("split_seed", "image_size"):
+        if key in config and config[key] < (0 if key == "split_seed" else 1):
+            raise OFAError(f"data config field '{key}' = {config[key]} must be {'>= 0' if key == 'split_seed' else '>= 1'}")
     return get_data(**config)

@@ -222,8 +222,10 @@ class AccuracyPredictor:
             keep = np.random.default_rng(params["seed"]).choice(len(y), params["max_rows"], replace=False)
             x, y = x[np.sort(keep)], y[np.sort(keep)]
         model = _make_sklearn(kind, params, x.shape[1])
+        from sklearn.exceptions import ConvergenceWarning
+
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # GP optimizer convergence chatter
+            warnings.simplefilter("ignore", ConvergenceWarning)  # GP optimizer chatter; any other warning shows
             model.fit(x, y)
         if kind == "gp" and "theta" not in params:
             params = {**params, "theta": model[-1].kernel_.theta.tolist()}
@@ -312,13 +314,24 @@ class AccuracyPredictor:
             pred = cls._fit_xy(kind, space, enc, hp, x, y)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise OFAError(f"{path} is a damaged accuracy predictor file ({type(exc).__name__}: {exc})") from None
-        pred.report, pred.meta = dict(doc.get("report") or {}), dict(doc.get("meta") or {})
-        check = doc.get("check")
+        report, meta, check = doc.get("report") or {}, doc.get("meta") or {}, doc.get("check")
+        if not isinstance(report, dict) or not isinstance(meta, dict) or not (check is None or isinstance(check, dict)):
+            raise OFAError(f"{path} is a damaged accuracy predictor file (report, meta and check must be JSON objects)")
+        pred.report, pred.meta = dict(report), dict(meta)
         if check:
-            again = pred.predict_features(x[: check["rows"]])
-            if not np.allclose(again, check["pred"], atol=1e-6):
+            try:
+                rows = check["rows"]
+                if not isinstance(rows, int) or isinstance(rows, bool) or not 0 < rows <= len(x):
+                    raise ValueError(f"check rows {rows!r} not in 1..{len(x)}")
+                want = np.asarray(check["pred"], dtype=np.float64)
+                again = pred.predict_features(x[:rows])
+                if want.shape != again.shape:
+                    raise ValueError(f"{want.size} saved predictions for {rows} rows")
+            except (KeyError, TypeError, ValueError) as exc:
+                raise OFAError(f"{path} is a damaged accuracy predictor file ({type(exc).__name__}: {exc})") from None
+            if not np.allclose(again, want, atol=1e-6):
                 warnings.warn(f"refit of {kind} predictor from {path} differs from the saved predictions by up to "
-                              f"{np.abs(again - check['pred']).max():.2e} (different scikit-learn version?)", stacklevel=2)
+                              f"{np.abs(again - want).max():.2e} (different scikit-learn version?)", stacklevel=2)
         return pred
 
     def __repr__(self) -> str:

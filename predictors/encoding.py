@@ -126,11 +126,32 @@ class OneHotEncoding:
                 "r_start": self.r_start, "r_step": self.r_step, "r_slots": self.r_slots}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "OneHotEncoding":
-        rv = data.get("r_values")
-        return cls(tuple(data["ks_choices"]), tuple(data["e_choices"]), tuple(data["stage_max_depth"]),
-                   r_values=None if rv is None else tuple(rv), r_start=int(data.get("r_start", 112)),
-                   r_step=int(data.get("r_step", 16)), r_slots=int(data.get("r_slots", 8)))
+    def from_dict(cls, data: Any) -> "OneHotEncoding":
+        """Rebuild from `to_dict` output (a predictor file's "encoding"), checking every field: OFAError if damaged."""
+        if not isinstance(data, dict):
+            raise OFAError(f"encoding must be a JSON object, got {type(data).__name__}")
+
+        def ints(key: str, least: int, optional: bool = False) -> tuple[int, ...] | None:
+            v = data.get(key)
+            if v is None and optional:
+                return None
+            if not isinstance(v, list) or not v or not all(_is_int(i) and i >= least for i in v):
+                raise OFAError(f"encoding field {key} must be a non-empty list of integers >= {least}, got {v!r}")
+            return tuple(int(i) for i in v)
+
+        def one(key: str, default: int) -> int:
+            v = data.get(key, default)
+            if not _is_int(v) or v < 1:
+                raise OFAError(f"encoding field {key} must be an integer >= 1, got {v!r}")
+            return int(v)
+
+        return cls(ints("ks_choices", 1), ints("e_choices", 1), ints("stage_max_depth", 1),
+                   r_values=ints("r_values", 1, optional=True), r_start=one("r_start", 112),
+                   r_step=one("r_step", 16), r_slots=one("r_slots", 8))
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) or isinstance(v, float) and v.is_integer()
 
 
 def arch_macs_params(space: SpaceSpec, archs: Sequence[Arch]) -> tuple[np.ndarray, np.ndarray]:

@@ -140,6 +140,9 @@ def profile_from_dict(data: Any, source: str) -> Profile:
     batch = data.get("batch", 1)
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise bad(f"'batch' must be a positive integer, got {batch!r}")
+    for key in ("error", "extra"):
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            raise bad(f"'{key}' must be a JSON object, got {type(data[key]).__name__}")
     what = f"latency profile '{name}'"
     domain = Domain.from_dict(data["domain"], what).renamed(what) if data.get("domain") is not None else \
         _legacy_domain(kind, families, data, what)
