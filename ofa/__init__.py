@@ -8,8 +8,8 @@ from elastic.arch import Arch
 from elastic.errors import OFAError
 
 __version__ = "0.1.0"
-__all__ = ["Arch", "OFAError", "export", "extract", "finetune", "import_ofa", "load", "load_onnx", "specialize", "train",
-           "__version__"]
+__all__ = ["Arch", "OFAError", "export", "extract", "finetune", "fit_profile", "import_ofa", "load", "load_onnx",
+           "specialize", "train", "write_probes", "__version__"]
 
 
 def load(path, map_location="cpu"):
@@ -41,6 +41,22 @@ def specialize(run=None, **kwargs):
     from ofa.specialization import specialize as _specialize
 
     return _specialize(run, **kwargs)
+
+
+def write_probes(space, out, n=40, **kwargs):
+    """Probe networks of a space and a timing kit for any device; mirrors `ofa profile probes`
+    (see ofa.device_profiles.write_probes)."""
+    from ofa.device_profiles import write_probes as _write_probes
+
+    return _write_probes(space, out, n=n, **kwargs)
+
+
+def fit_profile(timings, name, prior=None, **kwargs):
+    """A device profile fit from a timings CSV (probe ids or network files), with or without a prior profile;
+    mirrors `ofa profile fit` (see ofa.device_profiles.fit_profile)."""
+    from ofa.device_profiles import fit_profile as _fit_profile
+
+    return _fit_profile(timings, name, prior=prior, **kwargs)
 
 
 def finetune(path, epochs, **kwargs):

@@ -112,6 +112,10 @@ def test_script_times_probes_and_profile_fit_accepts_its_csv(probe_dir, tmp_path
     report = json.loads(text)
     assert report["kind"] == "regression" and report["batch"] == 2 and report["error"]["timed_nets"] == 3
     assert report["error"]["chosen"] == "macs"                  # the only model 3 nets support without a prior
+    import ofa
+
+    api = ofa.fit_profile(out, "board-api", probes=probe_dir)           # the Python API does the same
+    assert api.path == tmp_path / "home" / "profiles" / "board-api.json" and api.error["chosen"] == "macs"
     code, text, _ = _cli(["devices", "--json"], capsys)
     row = next(r for r in json.loads(text) if r["name"] == "board")
     assert row["timed_nets"] == 3 and row["meaning"] == "time per batch of 2" and "leave-one-out" in row["error"]

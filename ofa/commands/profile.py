@@ -29,7 +29,8 @@ app.add_typer(profile_app, name="profile")
 def profile(
     ctx: typer.Context,
     device: str = typer.Option("cpu", "--device", help="What to measure: cpu or cuda."),
-    runtime: str = typer.Option("onnxruntime", "--runtime", help=f"One of {', '.join(RUNTIMES)}."),
+    runtime: str = typer.Option("auto", "--runtime", help=f"auto (onnxruntime on cpu, torch with CUDA events on "
+                                                           f"cuda) or one of {', '.join(RUNTIMES)}."),
     threads: int = typer.Option(1, "--threads", help="Intra-op threads."),
     space: str = typer.Option("mbv3-w1.0", "--space", help="Search space whose subnets are timed (see `ofa spaces`)."),
     name: str = typer.Option(None, "--name", help="Profile name (default: the device name)."),
@@ -63,6 +64,8 @@ def profile(
         return
     if device not in ("cpu", "cuda"):
         raise OFAError(f"can only profile 'cpu' or 'cuda' here, got '{device}'")
+    if runtime == "auto":
+        runtime = "onnxruntime" if device == "cpu" else "torch"
     for opt, value in (("--repeats", repeats), ("--rounds", rounds), ("--instances", instances), ("--batch", batch)):
         if value < 1:
             raise OFAError(f"{opt} must be >= 1, got {value}")
@@ -107,18 +110,15 @@ def probes(
     as_json: bool = typer.Option(False, "--json", help="Print the manifest summary as JSON."),
 ) -> None:
     """Write probe networks spanning a space, with a timing kit, to time on any device."""
-    from predictors.probes import write_probes
-    from predictors.quantize import check_precision
+    from ofa.device_profiles import write_probes
 
-    precision = check_precision(precision.strip().lower())
-
-    sp = get_space(space) if n_classes is None else get_space(space, n_classes=n_classes)
     from rich.progress import Progress
 
     with Progress(transient=True, disable=as_json) as bar:
         task = bar.add_task(f"exporting {n} probes of {space}", total=n)
-        manifest = write_probes(sp, out, n=n, batch=batch, seed=seed, force=force, precision=precision,
-                                progress=lambda i, total: bar.update(task, completed=i))
+        manifest = write_probes(space, out, n=n, batch=batch, seed=seed, force=force, n_classes=n_classes,
+                                precision=precision, progress=lambda i, total: bar.update(task, completed=i))
+    sp = manifest.space
     ms = sorted(p.macs for p in manifest.probes.values())
     if as_json:
         print(json.dumps({"folder": str(manifest.folder), "id": manifest.id, "space": sp.name, "n": len(manifest.probes),
@@ -141,21 +141,11 @@ def fit(
     as_json: bool = typer.Option(False, "--json", help="Print the fit report as JSON."),
 ) -> None:
     """Fit a device profile from whole-network timings; with --prior, a few-shot correction of that profile."""
-    from predictors.fewshot import fit_timings, format_fit
-    from predictors.profiles import check_profile_name, load_profile, profile_exists
-    from predictors.timings import read_timings
+    from ofa.device_profiles import fit_profile
+    from predictors.fewshot import format_fit
 
-    check_profile_name(name)
-    if not force and profile_exists(name) is not None:
-        raise OFAError(f"a device profile named '{name}' already exists ({profile_exists(name)}); choose another "
-                       "--name or pass --force to replace it")
-    prior_profile = load_profile(prior) if prior else None
-    t = read_timings(timings, probes_dir)
-    prof = fit_timings(t.nets, t.ms, name, prior=prior_profile, model=model, batch=t.batch, source=str(timings),
-                       names=t.names, spaces=[s for s in t.spaces if s])
-    if t.skipped:
-        prof.error["notes"].append(f"{len(t.skipped)} rows had no time and were left out")
-    path = save_user_profile(prof, force=force)
+    prof = fit_profile(timings, name, prior=prior, probes=probes_dir, model=model, force=force)
+    path = prof.path
     if as_json:
         print(json.dumps({"name": prof.name, "path": str(path), "kind": prof.kind, "batch": prof.batch,
                           "domain": prof.domain.to_dict(), "error": prof.error}, indent=2))
