@@ -14,7 +14,7 @@ from pathlib import Path
 OUT = Path(__file__).resolve().parent / "cli.md"
 
 # Commands in the order a user meets them; any command not named here follows, alphabetically.
-WORKFLOW = ("quickstart", "train", "fit-predictor", "specialize", "devices", "latency", "profile")
+WORKFLOW = ("quickstart", "train", "fit-predictor", "specialize", "finetune", "export", "devices", "latency", "profile")
 
 HEADER = """\
 # Command-line reference
@@ -54,7 +54,7 @@ def _cell(text: str) -> str:
 def _flags(param) -> str:
     names = list(param.opts) + list(getattr(param, "secondary_opts", []))
     if getattr(param, "param_type_name", "") == "argument":
-        return param.human_readable_name
+        return f"`{(param.metavar or param.name).upper()}` (argument)"
     return ", ".join(f"`{n}`" for n in names)
 
 
