@@ -71,7 +71,7 @@ def _specialized_run(root: Path, data: str, steps: int = 8, kernel_steps: int = 
 def digits(tmp_path_factory) -> tuple[RunDir, Path]:
     """The full stage and 2 steps of the kernel stage: the full stage's net and the supernet's largest subnet
     differ, as the two teachers do in a real run."""
-    return _specialized_run(tmp_path_factory.mktemp("ft"), "digits", kernel_steps=2)
+    return _specialized_run(tmp_path_factory.mktemp("ft"), "digits", steps=6, kernel_steps=1)
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -99,7 +99,7 @@ def test_finetune_trains_and_writes_a_folder_ofa_load_and_latency_read(digits, c
     from ofa.training.evaluate import accuracy, calibration_batches
 
     rd, src = digits
-    res = ofa.finetune(src, epochs=3, lr=0.02, **QUIET)
+    res = ofa.finetune(src, epochs=3, max_steps=5, lr=0.02, **QUIET)
     out = src.with_name(src.name + "-ft")
     assert res["path"] == str(out) and res["epochs"] == 3 and res["teacher"] == "full" and res["kd_ratio"] == 1.0
     assert not res["head_rebuilt"] and res["train_seconds"] > 0
@@ -168,7 +168,7 @@ def test_cli_json_exports_teacher_choice_and_force(digits, tmp_path, capsys):
     before = (out / "model.safetensors").read_bytes()
     assert "exists; pass --force" in _one_error(argv, capsys)
     assert (out / "model.safetensors").read_bytes() == before
-    main(argv[:-1] + ["--teacher", "none", "--force", "--json"])
+    main(argv[:-1] + ["--teacher", "none", "--max-steps", "1", "--force", "--json"])
     doc2 = json.loads(capsys.readouterr().out)
     assert doc2["teacher"] == "none" and doc2["kd_ratio"] == 0.0
     assert (out / "model.safetensors").read_bytes() != before
@@ -178,14 +178,14 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "ofa", "finetune", *args]
 
 
-def test_sigkill_and_resume_equals_uninterrupted_run(digits, tmp_path):
-    """3 epochs x 4 steps, checkpoint every step, augmentation and dropout on: killed mid-run with SIGKILL and
+def test_sigkill_and_resume_equals_uninterrupted_run(digits, tmp_path, capsys):
+    """3 epochs x 3 steps, checkpoint every step, augmentation and dropout on: killed mid-run with SIGKILL and
     resumed, the written net has exactly the weights of an uninterrupted run."""
     _, src = digits
-    common = dict(epochs=3, max_steps=4, save_every=1, augment=True, dropout=0.2, lr=0.02, seed=5)
+    common = dict(epochs=3, max_steps=3, save_every=1, augment=True, dropout=0.2, lr=0.02, seed=5)
     ref = finetune(FinetuneConfig(path=str(src), out=str(tmp_path / "ref"), **common, **QUIET), log=lambda m: None)
     out = tmp_path / "killed"
-    args = (str(src), "--out", str(out), "--epochs", "3", "--max-steps", "4", "--save-every", "1", "--augment",
+    args = (str(src), "--out", str(out), "--epochs", "3", "--max-steps", "3", "--save-every", "1", "--augment",
             "--dropout", "0.2", "--lr", "0.02", "--seed", "5", "--calib-images", str(CALIB), "--threads", "1",
             "--no-progress")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -208,8 +208,7 @@ def test_sigkill_and_resume_equals_uninterrupted_run(digits, tmp_path):
     assert proc.returncode == -signal.SIGKILL and not out.exists()
     assert not work.load_train_state()["done"]
     # a plain rerun refuses to throw the unfinished work away
-    again = subprocess.run(_cli(*args), capture_output=True, text=True, env=env, timeout=120)
-    assert again.returncode == 2 and "pass --resume" in again.stderr and not out.exists()
+    assert "pass --resume to continue it" in _one_error(["finetune", *args], capsys) and not out.exists()
     done = subprocess.run(_cli(*args, "--resume", "--json"), capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resuming fine-tuning" in done.stderr
@@ -243,8 +242,9 @@ def _write_image_folder(root: Path, n_per_class: int = 60, size: int = 16) -> Pa
 
 def test_new_data_image_folder_rebuilds_the_head(digits, tmp_path, capsys):
     rd, src = digits
-    folder = _write_image_folder(tmp_path / "shapes")
-    res = ofa.finetune(src, epochs=3, data=str(folder), out=tmp_path / "shapes-net", data_image_size=16, **QUIET)
+    folder = _write_image_folder(tmp_path / "shapes", n_per_class=40)
+    res = ofa.finetune(src, epochs=4, data=str(folder), out=tmp_path / "shapes-net", data_image_size=16,
+                       batch_size=16, lr=0.05, **QUIET)
     assert res["head_rebuilt"] and res["teacher"] == "none" and res["kd_ratio"] == 0.0
     assert any("classifier is rebuilt" in n for n in res["notes"])
     net = ofa.load(res["path"])
@@ -253,16 +253,17 @@ def test_new_data_image_folder_rebuilds_the_head(digits, tmp_path, capsys):
     assert meta["space"]["n_classes"] == 3 and meta["predicted"]["accuracy"] is None
     x = torch.rand(4, 3, net.arch.r, net.arch.r)
     assert net(x).shape == (4, 3)
-    # the body kept the inherited weights as its starting point: the first conv moved only a little
-    stem_src, stem_new = ofa.load(src).state_dict()["stem.conv.weight"], net.state_dict()["stem.conv.weight"]
-    assert float((stem_src - stem_new).abs().max()) < 0.5 * float(stem_src.abs().max())
+    # the body started from the inherited weights (a random start would be uncorrelated with them)
+    body = lambda n: torch.cat([p.detach().flatten() for k, p in n.named_parameters()  # noqa: E731
+                                if not k.startswith("classifier.")])
+    assert float(torch.nn.functional.cosine_similarity(body(net), body(ofa.load(src)), dim=0)) > 0.9
     assert res["accuracy_after"] >= 0.8 and res["accuracy_after"] > res["accuracy_before"]
 
 
 @pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="Fashion-MNIST is not installed")
 def test_fashion_mnist_net_fine_tuned_on_digits(tmp_path):
     rd, src = _specialized_run(tmp_path, "fashion-mnist", steps=4)
-    res = ofa.finetune(src, epochs=2, data="digits", data_subset_size=512, **QUIET)
+    res = ofa.finetune(src, epochs=2, max_steps=8, data="digits", data_subset_size=256, lr=0.05, **QUIET)
     assert res["head_rebuilt"] and res["data"] == "digits" and res["teacher"] == "none"   # 10 classes, other ones
     meta = ofa.load(res["path"]).meta
     assert meta["classes"] == [str(i) for i in range(10)] and meta["finetune"]["data"]["name"] == "digits"
@@ -374,12 +375,12 @@ def test_two_process_ddp_equals_one_process(digits, tmp_path):
     """BN frozen and no dropout (see tests/test_train_ddp.py for why): 2 gloo processes sharding each batch end
     with the weights of one process taking the whole batch, distillation included."""
     _, src = digits
-    common = dict(epochs=1, max_steps=3, bn_mode="frozen", dropout=0.0, lr=0.001, batch_size=16, seed=2)
+    common = dict(epochs=1, max_steps=2, bn_mode="frozen", dropout=0.0, lr=0.001, batch_size=16, seed=2)
     finetune(FinetuneConfig(path=str(src), out=str(tmp_path / "one"), **common, **QUIET), log=lambda m: None)
     for _ in range(3):  # the free port can be taken before torchrun binds it: retry
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
                "--master_port", str(_free_port()), "-m", "ofa", "finetune", str(src), "--out", str(tmp_path / "two"),
-               "--epochs", "1", "--max-steps", "3", "--bn-mode", "frozen", "--dropout", "0", "--lr", "0.001",
+               "--epochs", "1", "--max-steps", "2", "--bn-mode", "frozen", "--dropout", "0", "--lr", "0.001",
                "--batch-size", "16", "--seed", "2", "--calib-images", str(CALIB), "--threads", "1", "--no-progress",
                "--compute-device", "cpu"]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
