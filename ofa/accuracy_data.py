@@ -161,14 +161,18 @@ def merge_shards(csv_path: str | os.PathLike, space: SpaceSpec | None = None) ->
         for a, r in zip(_canonical(part.archs, space), part.rows):
             rows.setdefault(a, r)
     if len(rows) > before:
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        for r in sorted(rows.values(), key=lambda r: int(r["index"])):
-            writer.writerow([r[c] for c in COLUMNS])
-        atomic.write_text(csv_path, _header() + buf.getvalue())
+        _write_in_plan_order(csv_path, list(rows.values()))
     for shard in shards:
         shard.unlink(missing_ok=True)
     return len(rows) - before
+
+
+def _write_in_plan_order(csv_path: Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    for r in sorted(rows, key=lambda r: int(r["index"])):
+        writer.writerow([r[c] for c in COLUMNS])
+    atomic.write_text(csv_path, _header() + buf.getvalue())
 
 
 def _canonical(archs: Sequence[Arch], space: SpaceSpec | None) -> list[Arch]:
@@ -259,6 +263,10 @@ def collect(space: SpaceSpec, csv_path: str | os.PathLike, n: int, evaluate: Cal
                 rows.append(row)
                 bar.update(task, last=f"{100 * acc:.2f}% ({arch.summary()[:24]})")
     if world == 1:
+        if mine and existing.rows and min(i for i, _ in mine) < max(int(r["index"]) for r in existing.rows):
+            # gaps left by an interrupted multi-process collection were filled: back to plan order
+            _write_in_plan_order(csv_path, read_dataset(csv_path, space).rows)
+            return read_dataset(csv_path, space)
         return AccuracyDataset(archs, accs, rows)
     channel.wait()                   # the slowest rank may take long: a wait of up to LONG_WAIT
     if rank == 0:
