@@ -25,6 +25,7 @@ from elastic.errors import OFAError
 from ofa.cli import main
 from ofa.run_dir import RunDir
 from ofa.training.finetune import FinetuneConfig, finetune
+from test_faults import _one_error  # noqa: E402 (one line on stderr, exit 2)
 
 SPACE = "mbv3-w1.0-small"
 CALIB = 64
@@ -32,12 +33,7 @@ FAST = {"population": 24, "generations": 5, "patience": 3, "init_samples": 100}
 QUIET = dict(progress=False, threads=1, calib_images=CALIB)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _specialized_run(root: Path, data: str, steps: int = 8, kernel_steps: int = 0) -> tuple[RunDir, Path]:
@@ -77,15 +73,6 @@ def digits(tmp_path_factory) -> tuple[RunDir, Path]:
 def _copy(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
-
-
-def _one_error(argv, capsys) -> str:
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    cap = capsys.readouterr()
-    lines = [line for line in cap.err.splitlines() if line.strip()]
-    assert exc.value.code == 2 and len(lines) == 1 and lines[0].startswith("error:"), cap.err
-    return lines[0]
 
 
 def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -178,6 +165,29 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "ofa", "finetune", *args]
 
 
+def _read_state(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception:   # being replaced right now
+        return None
+
+
+def _kill_once_checkpointed(proc: subprocess.Popen, state_file: Path, at: tuple[int, int]) -> tuple | None:
+    """SIGKILL `proc` once its checkpoint has reached (epoch, step) `at`; returns where it was (None: it ended)."""
+    deadline = time.time() + 180
+    while proc.poll() is None and time.time() < deadline:
+        st = _read_state(state_file)
+        if st is not None and (st["epoch"], st["step"]) >= at:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+            return st["epoch"], st["step"]
+        time.sleep(0.02)
+    proc.wait(timeout=30)
+    return None
+
+
 def test_sigkill_and_resume_equals_uninterrupted_run(digits, tmp_path, capsys):
     """3 epochs x 3 steps, checkpoint every step, augmentation and dropout on: killed mid-run with SIGKILL and
     resumed, the written net has exactly the weights of an uninterrupted run."""
@@ -191,19 +201,7 @@ def test_sigkill_and_resume_equals_uninterrupted_run(digits, tmp_path, capsys):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(_cli(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     work = RunDir(out.with_name("killed.partial"))
-    deadline, killed_at = time.time() + 180, None
-    while time.time() < deadline and proc.poll() is None:
-        if work.state_file.exists():
-            try:
-                st = torch.load(work.state_file, weights_only=True)
-            except Exception:   # being replaced right now: read again
-                st = None
-            if st is not None and (st["epoch"], st["step"]) >= (0, 2):
-                os.kill(proc.pid, signal.SIGKILL)
-                killed_at = (st["epoch"], st["step"])
-                break
-        time.sleep(0.02)
-    proc.wait(timeout=30)
+    killed_at = _kill_once_checkpointed(proc, work.state_file, (0, 2))
     assert killed_at is not None, f"the run ended before it could be killed: {proc.stderr.read()[-2000:]}"
     assert proc.returncode == -signal.SIGKILL and not out.exists()
     assert not work.load_train_state()["done"]
