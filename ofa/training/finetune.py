@@ -348,6 +348,8 @@ def _open(cfg: FinetuneConfig, resume: bool, info: DistInfo, say) -> tuple[Finet
             raise OFAError(f"nothing to resume: {work.state_file} does not exist; start without --resume")
         keep = {k: getattr(cfg, k) for k in ("device", "threads", "progress")}
         cfg = replace(FinetuneConfig.from_dict(state["config"]), **keep)
+        if state.get("done") and not out.exists():
+            raise OFAError(f"the fine-tuning into {out} finished, but {out} is gone; start it again with --force")
         if not state.get("done"):
             say(f"resuming fine-tuning into {out}: epoch {state['epoch'] + 1} step {state['step']}")
         return cfg, state, out, work
