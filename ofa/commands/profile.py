@@ -73,18 +73,17 @@ def profile(
 
     precision = check_precision(precision.strip().lower())
     sp = get_space(space)
-    from rich.progress import Progress
-
     from ofa.profile_ranks import ranked_measure
+    from ofa.progress import Progress, callback
 
     is_main, measure = ranked_measure(device)   # under torchrun: one GPU per process, its share of the subnets
-    with Progress(transient=True, disable=not is_main) as bar:
-        task = bar.add_task(f"timing {n_fit + n_test} subnets of {space}", total=1)
+    with Progress(is_main) as bar:   # a bar on a terminal, a line every 30 s in a log
+        timing = callback(bar, f"timing {n_fit + n_test} subnets of {space}")
         default_name = device if precision == "fp32" else f"{device}-{precision}"
         prof = fit_measured_profile(sp, name=name or default_name, device=device, runtime=runtime, threads=threads,
                                     n_fit=n_fit, n_test=n_test, seed=seed, repeats=repeats, rounds=rounds, clock_name=clock,
                                     instances=instances, precision=precision, batch=batch, measure=measure,
-                                    progress=lambda i, n: bar.update(task, completed=i / n))
+                                    progress=timing)
     if not is_main:   # rank 0 saves and reports the profile
         return
     path = save_user_profile(prof)
