@@ -134,32 +134,45 @@ def analyse(args) -> None:
                                                 "sd_of_difference_pts": float(100 * np.std(base - other) / np.sqrt(2))}
     report["noise"] = noise
 
-    # designs at (roughly) equal cost: n subnets x (calib + v) images
+    # designs: the first n subnets of the plan (as the main job measures them), labels on v images of half A of the
+    # validation split; scored against clean labels on the disjoint half B (and against their own labels, as the
+    # report does). "informative": the images of half A on which the first PILOT subnets disagree, the others
+    # counted as the pilot found them (so a label costs calib + |informative| images).
     rng = np.random.default_rng(args.seed)
     results = []
-    truth_acc = acc_all   # cleanest label: all validation images
-    for n, v, label in [tuple(d.split(":")) for d in args.designs.split(",")]:
+    A, B = np.arange(half), np.arange(half, n_val)
+    clean = C[:, B].mean(1)
+    pilot = C[:args.pilot][:, A]
+    agree_right = pilot.all(0)
+    informative = A[~agree_right & pilot.any(0)]
+    const = int(agree_right.sum())
+    report["informative"] = {"pilot": args.pilot, "images": int(len(informative)), "of": int(len(A)),
+                             "always_right": const}
+    from predictors.accuracy import AccuracyPredictor
+    for design in args.designs.split(","):
+        n, v, label, *kinds = design.split(":")
         n, v = int(n), int(v)
+        kinds = kinds[0].split("+") if kinds else args.kinds.split(",")
         for rep in range(args.repeats):
-            idx = rng.choice(len(rows), size=min(n, len(rows)), replace=False)
-            imgs = rng.choice(n_val, size=v, replace=False)
-            acc_v = C[idx][:, imgs].mean(1)
-            y = acc_v if label == "acc" else -L[idx][:, imgs].mean(1)
+            idx = np.arange(min(n, len(rows)))
+            if label == "informative":
+                imgs, cost = informative, int(len(informative))
+                acc_v = (const + C[idx][:, imgs].sum(1)) / len(A)
+            else:
+                imgs, cost = rng.choice(A, size=min(v, len(A)), replace=False), v
+                acc_v = C[idx][:, imgs].mean(1)
+            y = acc_v if label in ("acc", "informative") else -L[idx][:, imgs].mean(1)
             t = time.time()
-            pred = fit_accuracy_predictor(space, [archs[i] for i in idx], y, seed=rep, kinds=args.kinds.split(","))
+            pred = fit_accuracy_predictor(space, [archs[i] for i in idx], y, seed=rep, kinds=kinds)
             rep_ = pred.report
-            n_hold = rep_["n_holdout"]
-            perm = np.random.default_rng(rep).permutation(len(idx))
-            hold = np.sort(perm[:n_hold])
-            # the same held-out rows fit_accuracy_predictor held out: score the held-out model against truths
-            from predictors.accuracy import AccuracyPredictor
-            m = AccuracyPredictor.fit(space, [archs[idx[i]] for i in np.sort(perm[n_hold:])],
-                                      y[np.sort(perm[n_hold:])], kind=rep_["chosen"])
+            perm = np.random.default_rng(rep).permutation(len(idx))   # the rows fit_accuracy_predictor held out
+            hold, train = np.sort(perm[:rep_["n_holdout"]]), np.sort(perm[rep_["n_holdout"]:])
+            m = AccuracyPredictor.fit(space, [archs[idx[i]] for i in train], y[train], kind=rep_["chosen"])
             ph = m.predict([archs[idx[i]] for i in hold])
-            results.append({"n": n, "val_images": v, "label": label, "repeat": rep, "chosen": rep_["chosen"],
-                            "cv_tau": rep_["cv"][rep_["chosen"]]["kendall_tau"],
+            results.append({"n": n, "val_images": cost, "label": label, "kinds": kinds, "repeat": rep,
+                            "chosen": rep_["chosen"], "cv_tau": rep_["cv"][rep_["chosen"]]["kendall_tau"],
                             "holdout_tau_own_labels": kendall_tau(acc_v[hold], ph),
-                            "holdout_tau_clean_labels": kendall_tau(truth_acc[idx[hold]], ph),
+                            "holdout_tau_clean_labels": kendall_tau(clean[idx[hold]], ph),
                             "fit_s": time.time() - t})
             print(json.dumps(results[-1]), flush=True)
     report["designs"] = results
@@ -180,7 +193,8 @@ def main() -> None:
     a = sub.add_parser("analyse")
     a.add_argument("--run", required=True)
     a.add_argument("--out", required=True)
-    a.add_argument("--designs", default="200:2000:acc,400:1000:acc,120:4000:acc,200:2000:loss")
+    a.add_argument("--designs", default="200:2000:acc,300:1000:acc,200:2000:loss,200:0:informative")
+    a.add_argument("--pilot", type=int, default=30)
     a.add_argument("--kinds", default="mlp,gbr,gp,ridge")
     a.add_argument("--repeats", type=int, default=3)
     a.add_argument("--seed", type=int, default=0)

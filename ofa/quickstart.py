@@ -154,8 +154,12 @@ def quickstart(run: str | Path = "checkpoints/quickstart", *, data: str | dict[s
     for dev in device_args:
         prof = load_profile(dev)
         budgets = auto_budgets(space, get_latency_predictor(prof, space))
-        say(f"specializing for {prof.name} at {', '.join(f'{b:g} ms' for b in budgets)} ...")
-        for r in specialize(rd.path, device=dev, latency=budgets, pareto=True, seed=seed, calib_images=calib_images):
+        measured_here = dev != prof.name   # this run's own cpu profile (a path); the others are shipped tables
+        say(f"specializing for {prof.name} at {', '.join(f'{b:g} ms' for b in budgets)}"
+            + ("" if measured_here else " (a shipped profile: results at resolutions outside those it was fit on "
+                                        "are marked extrapolated)") + " ...")
+        for r in specialize(rd.path, device=dev, latency=budgets, pareto=True, seed=seed, calib_images=calib_images,
+                            allow_extrapolation=not measured_here):
             rows.append(r.to_dict())
     accuracy = _final_accuracy(rd, space, calib_images)
     timings["specialize_s"] = time.monotonic() - t0

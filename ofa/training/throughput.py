@@ -5,7 +5,7 @@ full-stage steps (the largest subnet) at each resolution in turn, and sandwich s
 elastic phase (their subnets plus the distillation teacher's forward pass); the phases between are
 interpolated by the multiply-adds their steps run. Then one BN recalibration and evaluation of the largest and
 the smallest subnet through `ofa.training.evaluate.evaluate_arch`, the code that stage ends and the accuracy
-predictor use. Each kind of step is timed after one untimed warm-up step.
+predictor use. Each kind of step is timed after untimed warm-up steps (the full stage's at every resolution).
 """
 from __future__ import annotations
 
@@ -78,14 +78,14 @@ def measure_rates(space: SpaceSpec, bundle: DataBundle, cfg: TrainConfig, device
         batches = (b for _ in iter(int, 1) for b in loader)   # cycles: small data sets hold few batches
         smoothing = cfg.resolved("label_smoothing")
 
-        def timed_steps(phase, n: int) -> float:
+        def timed_steps(phase, n: int, warm: int = 1) -> float:
             rng = random.Random(1)
             n_sub = cfg.subnets_per_step(phase.stage)
             sandwich = bool(cfg.resolved("sandwich")) and n_sub > 1
             use_teacher = teacher is not None and phase.stage != "full"
             seconds = 0.0
             model.train()
-            for i in range(n + 1):
+            for i in range(warm + n):
                 x, y = next(batches)
                 r = space.resolutions[i % len(space.resolutions)]
                 x = F.interpolate(x, size=(r, r), mode="bilinear", align_corners=False).to(device)
@@ -109,13 +109,13 @@ def measure_rates(space: SpaceSpec, bundle: DataBundle, cfg: TrainConfig, device
                     loss.backward()
                 optimizer.step()
                 _sync(device)
-                if i:   # the first step warms up
+                if i >= warm:   # the first steps warm up (kernels for new shapes, allocations)
                     seconds += clock() - t
             return seconds / n
 
         full = stage_phases("full", space)[0]
         elastic = [p for s in ("kernel", "depth", "expand") for p in stage_phases(s, space)]
-        t_full = timed_steps(full, TIMED_STEPS)
+        t_full = timed_steps(full, TIMED_STEPS, warm=len(space.resolutions))   # warmed at every resolution
         t_first, t_last = timed_steps(elastic[0], TIMED_STEPS), timed_steps(elastic[-1], TIMED_STEPS)
         m_first, m_last = _step_macs(space, elastic[0], cfg), _step_macs(space, elastic[-1], cfg)
         per_phase = {}
