@@ -50,7 +50,7 @@ T_START=$(date +%s)
 
 if [ "$DRY" = 1 ]; then
   DEV=cpu; export OFA_GPU_TESTS_DEVICE=cpu OMP_NUM_THREADS=1
-  PREC=fp32; BATCH=16; FIT_SAMPLES=12; DATA=(--data digits --subset 128 --eval-size 64)
+  PREC=fp32; BATCH=16; FIT_SAMPLES=16; DATA=(--data digits --subset 128 --eval-size 64)
   TRAIN_SIZE=(--space mbv3-w1.0-small --resolutions 16,20 --max-steps 2 --threads 1)
   FIT_SIZE=(--calib-images 64 --limit 64 --threads 1); SPEC_SIZE=(--latency 3ms)
   LIMIT_TESTS=1200; LIMIT_TP=300; LIMIT_TRAIN=900; LIMIT_FIT=300; LIMIT_SPEC=300; LIMIT_DDP=600
@@ -203,7 +203,7 @@ ofa("train", "--run-dir", str(one), *kernel)
 ofa("train", "--run-dir", str(two), *kernel, ranks=2)
 a = load_file(str(RunDir(one).stage_weights_file("kernel"))); b = load_file(str(RunDir(two).stage_weights_file("kernel")))
 worst = max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].is_floating_point())
-fit = ["--samples", "12", "--kinds", "ridge", "--folds", "3", "--calib-images", "32", "--limit", "32",
+fit = ["--samples", "12", "--holdout", "0.25", "--kinds", "ridge", "--folds", "3", "--calib-images", "32", "--limit", "32",
        "--threads", "1", "--compute-device", dev, "--no-progress"]
 ofa("fit-predictor", "--run-dir", str(one), *fit)
 ofa("fit-predictor", "--run-dir", str(two), *fit, ranks=2)

@@ -106,8 +106,8 @@ def test_fit_predictor_and_specialize_on_the_device(trained, tmp_path, capsys):
     src, _ = trained
     run = tmp_path / "run"
     shutil.copytree(src, run)
-    data = collect_from_run(run, 8, calib_images=64, limit=64, device=DEVICE, progress=False)
-    assert len(data) == 8 and dataset_paths(run)[0].exists()
+    data = collect_from_run(run, 12, calib_images=64, limit=64, device=DEVICE, progress=False)
+    assert len(data) == 12 and dataset_paths(run)[0].exists()
     # the device measures what the CPU measures (up to an image or two of float-rounding ties)
     rd = RunDir(run)
     net, bundle = rd.load_supernet(), rd.load_data()
@@ -115,9 +115,9 @@ def test_fit_predictor_and_specialize_on_the_device(trained, tmp_path, capsys):
         cpu = evaluate_arch(net, arch, bundle, "val", 64, "cpu", 64)
         assert abs(cpu - acc) <= 2 / 64 + 1e-9
 
-    main(["fit-predictor", "--run", str(run), "--samples", "8", "--resume", "--kinds", "ridge", "--folds", "2",
-          "--holdout", "0", "--calib-images", "64", "--limit", "64", "--compute-device", DEVICE, "--json"])
-    assert json.loads(capsys.readouterr().out)["n_rows"] == 8
+    main(["fit-predictor", "--run", str(run), "--samples", "12", "--resume", "--kinds", "ridge", "--folds", "3",
+          "--holdout", "0.25", "--calib-images", "64", "--limit", "64", "--compute-device", DEVICE, "--json"])
+    assert json.loads(capsys.readouterr().out)["n_rows"] == 12
 
     fast = dict(population=16, generations=4, patience=2, init_samples=64, allow_extrapolation=True)
     res = ofa.specialize(run, device="pixel1", latency="4ms", calib_images=64, measure=False,
@@ -143,7 +143,7 @@ def test_proxyless_search_from_scratch_on_the_device(tmp_path):
     from ofa.commands.proxyless_search import proxyless_search
 
     summary = proxyless_search(space="proxyless-w1.3-small", data="digits", device="pixel1", budget="200ms",
-                               resolution=16, batch_size=16, warmup_steps=2, search_steps=3, budget_rounds=1,
+                               resolution=24, batch_size=16, warmup_steps=2, search_steps=3, budget_rounds=1,
                                budget_steps=1, train_steps=2, subset=64, eval_size=32, out=tmp_path / "px",
                                compute_device=DEVICE, threads=1)
     assert summary["search"]["latency"] <= summary["target"]
