@@ -148,7 +148,7 @@ def test_train_resumed_on_two_nodes_equals_one_process(tmp_path):
 
     RunDir.save_train_state = capture
     try:
-        train(TrainConfig(run=str(one), stage="kernel", epochs=2, max_steps=2, save_every=1, bn_mode="frozen",
+        train(TrainConfig(run=str(one), stage="kernel", epochs=1, max_steps=3, save_every=1, bn_mode="frozen",
                           dropout=0.0, **common), log=lambda m: None)
     finally:
         RunDir.save_train_state = original

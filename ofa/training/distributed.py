@@ -28,6 +28,10 @@ COMPUTE_DEVICES = "auto, cpu, cuda, cuda:N"
 # Collective waits between long pieces of independent work (ranks measuring their shares of an accuracy dataset
 # finish minutes apart at ImageNet scale). A rank that dies closes its connections, so its peers still fail fast.
 LONG_WAIT = timedelta(hours=24)
+# The training group's collective timeout. While rank 0 alone evaluates (an epoch's validation, the stage-end
+# subnets with their BN recalibration), the others wait in a barrier or their next all-reduce; at ImageNet scale
+# that outlasts NCCL's default of 10 minutes.
+GROUP_TIMEOUT = timedelta(hours=1)
 _CUDA = re.compile(r"cuda:(\d+)")
 
 
@@ -90,7 +94,7 @@ def init_distributed(device: str | None = "auto") -> DistInfo:
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not (dist.is_available() and dist.is_initialized()):
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", timeout=GROUP_TIMEOUT)
     return DistInfo(rank=rank, world=world, local_rank=local_rank, device=dev)
 
 
