@@ -57,12 +57,14 @@ def default_folder(run_path: Path, arch: Arch) -> Path:
 
 def extract(run: str | Path, arch: Any, *, out: str | Path | None = None, recalibrate: bool | None = None,
             data: Any = None, calib_images: int = 2000, evaluate: bool = True, export: Any = (), seed: int = 0,
-            workers: int | None = None, eval_images: int | None = None, progress: bool = False):
+            workers: int | None = None, eval_images: int | None = None, progress: bool = False,
+            compute_device: str | None = None):
     """Write the subnet `arch` of run `run` to `out` (default RUN/extracted/r<R>-<hash>); returns a `Specialized`.
 
     recalibrate: None recalibrates when images are at hand (the run's data or `data`), True demands them,
     False keeps the supernet's BN statistics. evaluate: measure test accuracy when images are at hand (on a
-    seeded `eval_images` of the test split of `data` when given).
+    seeded `eval_images` of the test split of `data` when given). compute_device (auto, cpu, cuda, cuda:N; default
+    auto): where the extraction, recalibration and evaluation run; the net is saved from the CPU.
     """
     from elastic.complexity import macs, params
     from ofa.export import parse_exports
@@ -94,7 +96,9 @@ def extract(run: str | Path, arch: Any, *, out: str | Path | None = None, recali
         pred_acc = float(AccuracyPredictor.load(rd.path / "predictors").predict([a])[0])
     result = Specialized(device=None, budget=None, arch=a, predicted_accuracy=pred_acc, predicted_latency_ms=None,
                          macs=float(macs(sp, [a])[0]), params=float(params(sp, [a])[0]), search_seconds=0.0)
-    supernet = rd.load_supernet()
+    from ofa.training.distributed import pick_device
+
+    supernet = rd.load_supernet().to(pick_device(compute_device))
     provenance = {"run": str(rd.path), "supernet_sha256": file_digest(rd.weights_file),
                   "data": bundle.config if bundle is not None else rd.data_config(), "seed": seed}
     write_subnet(supernet, sp, result, folder, bundle=bundle, calib_images=0 if recalibrate is False else calib_images,

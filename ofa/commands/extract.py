@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from ofa.cli import app
+from ofa.compute_device_option import HELP
 
 
 @app.command("extract")
@@ -28,6 +29,8 @@ def extract_cmd(
     workers: Optional[int] = typer.Option(None, "--workers", help="Image decoding processes (default: cores - 1)."),
     export: Optional[str] = typer.Option(None, "--export", help="Also export: onnx, torchscript (comma-separated)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the calibration images."),
+    compute_device: Optional[str] = typer.Option(None, "--compute-device", help=HELP + " Runs the extraction, BN "
+                                                 "recalibration and test accuracy (default: auto)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Extract one arch of RUN's supernet (set_active_subnet + get_active_subnet) as a loadable network."""
@@ -37,7 +40,8 @@ def extract_cmd(
     if workers is not None and workers < 0:
         raise OFAError(f"--workers must be >= 0, got {workers}")
     r = extract(run, arch, out=out, recalibrate=recalibrate, data=data, calib_images=calib_images, evaluate=evaluate,
-                export=export or (), seed=seed, workers=workers, eval_images=eval_images, progress=not as_json)
+                export=export or (), seed=seed, workers=workers, eval_images=eval_images, progress=not as_json,
+                compute_device=compute_device)
     if as_json:
         print(json.dumps(r.to_dict(), indent=2))
         return
