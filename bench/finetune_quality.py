@@ -168,7 +168,7 @@ def main() -> None:
     rd = RunDir(args.run)
     work = rd.path / "bench" / ("finetune-quick" if args.quick else "finetune")
     log = lambda m: print(f"  {m}", flush=True)  # noqa: E731
-    common = dict(data_subset_size=args.subset, seed=args.seed, threads=args.threads)
+    common = dict(data_subset_size=args.subset, seed=args.seed, threads=args.threads, eval_every=0)
     if args.quick:
         common["calib_images"] = 64
     t0 = time.time()
@@ -234,7 +234,7 @@ def transfer(src: Path, work: Path, args, log) -> dict[str, Any]:
     lrs = [float(x) for x in args.transfer_lrs.split(",")]
     out: dict[str, Any] = {"data": args.transfer, "net": str(src), "lrs": lrs}
     bundle = get_data(args.transfer)
-    common = dict(data=args.transfer, seed=args.seed, threads=args.threads)
+    common = dict(data=args.transfer, seed=args.seed, threads=args.threads, eval_every=0)
     if args.quick:
         common["calib_images"] = 64
     for e in (int(x) for x in args.transfer_epochs.split(",")):

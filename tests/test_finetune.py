@@ -97,7 +97,7 @@ def test_finetune_trains_and_writes_a_folder_ofa_load_and_latency_read(digits, c
     assert ft["recipe"]["epochs"] == 3 and ft["recipe"]["lr"] == 0.02 and ft["recipe"]["schedule"] == "cosine"
     assert ft["accuracy_before"]["test"] == res["accuracy_before"] and meta["measured"]["test_accuracy"] == \
         res["accuracy_after"]
-    assert [h["epoch"] for h in ft["history"]] == [1, 2, 3]
+    assert [h["epoch"] for h in ft["history"]] == [1, 2, 3] and all(0 <= h["val_acc"] <= 1 for h in ft["history"])
     assert [json.loads(line)["epoch"] for line in (out / "history.jsonl").read_text().splitlines()] == [1, 2, 3]
     assert not out.with_name(out.name + ".partial").exists()     # the work folder is gone once the net is written
     # the net trained: its training loss fell, and it is not the input's weights any more
@@ -137,12 +137,13 @@ def test_cli_json_exports_teacher_choice_and_force(digits, tmp_path, capsys):
     rd, src = digits
     out = tmp_path / "mine"
     argv = ["finetune", str(src), "--epochs", "1", "--max-steps", "3", "--teacher", "largest", "--out", str(out),
-            "--export", "torchscript", "--calib-images", str(CALIB), "--threads", "1", "--json"]
+            "--export", "torchscript", "--eval-every", "0", "--calib-images", str(CALIB), "--threads", "1", "--json"]
     main(argv)
     doc = json.loads(capsys.readouterr().out)
     assert {"path", "accuracy_before", "accuracy_after", "epochs"} <= set(doc)
     assert doc["path"] == str(out) and doc["epochs"] == 1 and doc["teacher"] == "largest"
     assert sorted(p.name for p in out.iterdir()) == ["arch.json", "history.jsonl", "model.safetensors", "model.ts"]
+    assert "val_acc" not in json.loads((out / "history.jsonl").read_text())     # --eval-every 0: none per epoch
     net = ofa.load(out)
     x = torch.rand(2, 3, net.arch.r, net.arch.r)
     with torch.no_grad():

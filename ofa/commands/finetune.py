@@ -44,6 +44,8 @@ def finetune_cmd(
     seed: int = typer.Option(0, "--seed", help="Fixes all randomness (data order, dropout, augmentation)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="At most this many steps per epoch."),
     save_every: int = typer.Option(50, "--save-every", help="Checkpoint every K steps (and at every epoch end)."),
+    eval_every: int = typer.Option(1, "--eval-every", help="Validation accuracy every N epochs into the history "
+                                   "(0: only before and after)."),
     calib_images: int = typer.Option(1000, "--calib-images", help="Training images for BN recalibration."),
     export: Optional[str] = typer.Option(None, "--export", help="Also export: onnx, torchscript (comma-separated)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: PATH-ft beside PATH)."),
@@ -67,7 +69,7 @@ def finetune_cmd(
                          out=str(out) if out else None, teacher=teacher, kd_ratio=kd_ratio, lr=lr,
                          batch_size=batch_size, warmup_epochs=warmup_epochs, weight_decay=weight_decay,
                          label_smoothing=label_smoothing, augment=augment, bn_mode=bn_mode, dropout=dropout,
-                         from_scratch=from_scratch, seed=seed, max_steps=max_steps, save_every=save_every,
+                         from_scratch=from_scratch, seed=seed, max_steps=max_steps, save_every=save_every, eval_every=eval_every,
                          calib_images=calib_images, exports=parse_exports(export), force=force, device=compute_device or "auto",
                          threads=threads, progress=not no_progress and not as_json)
     console = Console(stderr=True)

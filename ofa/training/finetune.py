@@ -86,6 +86,7 @@ class FinetuneConfig:
     seed: int = 0
     max_steps: int | None = None           # cap on steps per epoch
     save_every: int = 50                   # checkpoint every K steps (and at every epoch end)
+    eval_every: int = 1                    # validation accuracy every N epochs into the history (0: only at the end)
     calib_images: int = 1000               # training images for BN recalibration before each test evaluation
     exports: tuple[str, ...] = ()
     force: bool = False
@@ -111,6 +112,8 @@ class FinetuneConfig:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise OFAError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+        if self.eval_every < 0:
+            raise OFAError(f"--eval-every must be >= 0, got {self.eval_every}")
         if self.calib_images < 1:
             raise OFAError(f"--calib-images must be >= 1, got {self.calib_images}")
         for name in ("weight_decay", "warmup_epochs", "label_smoothing", "dropout"):
@@ -514,10 +517,13 @@ def _train(job: _Job, state: dict | None, before, teacher_acc, say, console) -> 
                 record = {"kind": "epoch", "stage": "finetune", "phase": None, "epoch": epoch + 1,
                           "epochs": cfg.epochs, "train_loss": sums[0] / max(sums[2], 1),
                           "train_acc": sums[1] / max(sums[2], 1), "lr": optimizer.param_groups[0]["lr"],
-                          "seconds": time.time() - t0, "val_acc": _evaluate(net, bundle, r, device, ("val",))["val"]}
+                          "seconds": time.time() - t0}
+                if cfg.eval_every and (epoch + 1) % cfg.eval_every == 0:
+                    record["val_acc"] = _evaluate(net, bundle, r, device, ("val",))["val"]
                 work.append_history(record)
+                val_txt = f", val acc {record['val_acc']:.2%}" if "val_acc" in record else ""
                 say(f"finetune epoch {epoch + 1}/{cfg.epochs}: loss {record['train_loss']:.3f}, train acc "
-                    f"{record['train_acc']:.2%}, val acc {record['val_acc']:.2%}")
+                    f"{record['train_acc']:.2%}{val_txt}")
             checkpoint(epoch + 1, 0, None, train_seconds)
     return train_seconds
 
