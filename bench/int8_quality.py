@@ -254,14 +254,16 @@ def bench_search(args) -> dict:
     lat8 = get_latency_predictor(p8, sp)
     rows, nets = [], []
     for b in budgets:
-        (by8,) = ofa.specialize(args.run, device=args.int8_device, latency=f"{b}ms", evaluate=False, measure=False,
+        (by8,) = ofa.specialize(args.run, device=args.int8_device, latency=f"{b}ms", measure=False,
                                 out_dir=Path(args.out_dir) / "int8", seed=args.seed)
-        (by32,) = ofa.specialize(args.run, device=args.fp32_device, latency=f"{b / ratio:.4f}ms", evaluate=False,
-                                 measure=False, out_dir=Path(args.out_dir) / "fp32", seed=args.seed)
+        (by32,) = ofa.specialize(args.run, device=args.fp32_device, latency=f"{b / ratio:.4f}ms", measure=False,
+                                 out_dir=Path(args.out_dir) / "fp32", seed=args.seed)
         rows.append({"int8_budget_ms": b, "fp32_budget_ms": b / ratio,
                      "int8_search": {"arch": by8.arch.to_dict(), "predicted_accuracy": by8.predicted_accuracy,
+                                     "test_accuracy_fp32": by8.test_accuracy,
                                      "predicted_int8_ms": float(lat8.predict([by8.arch])[0])},
                      "fp32_search": {"arch": by32.arch.to_dict(), "predicted_accuracy": by32.predicted_accuracy,
+                                     "test_accuracy_fp32": by32.test_accuracy,
                                      "predicted_int8_ms": float(lat8.predict([by32.arch])[0])}})
         nets += [load(by8.path).net_spec, load(by32.path).net_spec]
     from predictors.measure import measure_nets

@@ -195,7 +195,25 @@ def test_bad_inputs_are_one_line_and_leave_fp32_files(folder, exported, tmp_path
         ofa.load_onnx(stale8, precision="int8")
 
 
-def test_specialize_export_onnx_int8_and_resave_drops_int8(tmp_path, monkeypatch):
+def _fake_timings(monkeypatch):
+    """measure_nets replaced by a MACs-proportional stand-in (records the precision asked for)."""
+    import predictors.measure as measure
+    from elastic.netspec import net_macs
+
+    asked, signature = [], inspect.signature(measure.measure_nets)
+
+    def timed(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        asked.append(bound.arguments.get("precision"))
+        return np.array([1e-7 * net_macs(n) + 0.05 for n in bound.arguments["nets"]])
+
+    monkeypatch.setattr(measure, "measure_nets", timed)
+    return asked
+
+
+def test_specialize_for_cpu_int8_exports_int8_and_resave_drops_it(tmp_path, monkeypatch):
+    """`ofa specialize --device cpu-int8 --export onnx-int8`: the result is timed here in int8 and quantized."""
+    import predictors.quantize as quantize
     from elastic.complexity import macs
     from elastic.spaces import get_space
     from elastic.supernet import Supernet
@@ -217,8 +235,21 @@ def test_specialize_export_onnx_int8_and_resave_drops_int8(tmp_path, monkeypatch
     m = macs(space, archs)
     AccuracyPredictor.fit(space, archs, 0.5 + 0.4 * (m - m.min()) / (m.max() - m.min()), kind="ridge").save(
         rd.path / "predictors")
-    (res,) = ofa.specialize(rd.path, device="flops", macs=f"{m.min() / 1e6 + 1:.1f}M", export="onnx-int8",
-                            calib_images=64, population=16, generations=3, patience=2, init_samples=50)
+    # an int8 profile of this space, fit on stand-in timings (the real ones are the hook's, tested below)
+    from predictors.measure import fit_measured_profile
+    from predictors.profiles import save_user_profile
+
+    monkeypatch.setenv("OFA_HOME", str(tmp_path))
+    with monkeypatch.context() as patched:
+        asked = _fake_timings(patched)
+        save_user_profile(fit_measured_profile(space, name="cpu-int8", n_fit=20, n_test=3, precision="int8"))
+    assert asked == ["int8"]
+    timed = []
+    real = quantize.quantize_for_timing
+    monkeypatch.setattr(quantize, "quantize_for_timing", lambda model, x: timed.append(x.shape) or real(model, x))
+    (res,) = ofa.specialize(rd.path, device="cpu-int8", latency="1000ms", export="onnx-int8", calib_images=64,
+                            population=16, generations=3, patience=2, init_samples=50)
+    assert timed == [(1, 3, RES, RES)] and res.measured_latency_ms > 0   # measured here, in int8
     meta = json.loads((res.path / "arch.json").read_text())
     assert {"model.onnx", "model.int8.onnx"} <= set(meta["files"]) and res.extra["int8"]["test"]["images"] == 100
     assert meta["exports"]["model.int8.onnx"]["source_sha256"] == meta["exports"]["model.onnx"]["sha256"]
@@ -255,19 +286,10 @@ def test_int8_timing_hook_times_the_quantized_net(monkeypatch):
 def test_profile_precision_option_records_itself(tmp_path, monkeypatch, capsys):
     """`ofa profile --precision int8` measures with precision int8 (the hook above) and says so in the profile
     it saves as `cpu-int8`; the timings here are a stand-in (a MACs-proportional latency) to keep it fast."""
-    import predictors.measure as measure
-    from elastic.netspec import net_macs
     from predictors.profiles import load_profile
 
-    asked, signature = [], inspect.signature(measure.measure_nets)
-
-    def timed(*args, **kwargs):
-        bound = signature.bind(*args, **kwargs)
-        asked.append(bound.arguments.get("precision"))
-        return np.array([1e-7 * net_macs(n) + 0.05 for n in bound.arguments["nets"]])
-
     monkeypatch.setenv("OFA_HOME", str(tmp_path))
-    monkeypatch.setattr(measure, "measure_nets", timed)
+    asked = _fake_timings(monkeypatch)
     main(["profile", "--precision", "INT8", "--space", "mbv3-w0.5-small", "--fit", "20", "--test", "3", "--json"])
     out = json.loads(capsys.readouterr().out)
     assert out["name"] == "cpu-int8" and asked == ["int8"]
