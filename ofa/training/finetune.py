@@ -201,8 +201,8 @@ def resolve_run(run: str | Path | None, folder: Path, meta: dict[str, Any], spac
     return rd
 
 
-def resolve_data(cfg: FinetuneConfig, src_data: dict[str, Any] | None) -> tuple[dict[str, Any], bool]:
-    """(get_data kwargs, whether the dataset is another than the one the net was trained on)."""
+def resolve_data(cfg: FinetuneConfig, src_data: dict[str, Any] | None) -> dict[str, Any]:
+    """The get_data kwargs: the data the net was trained on with the options given, or the data named."""
     from ofa.data import _resolve_name
 
     given = dict(cfg.data)
@@ -211,11 +211,11 @@ def resolve_data(cfg: FinetuneConfig, src_data: dict[str, Any] | None) -> tuple[
         if src_data is None:
             raise OFAError(f"'{cfg.path}' does not say which data it was trained on (no provenance.data in its "
                            "arch.json); pass --data")
-        return {**src_data, **given}, False
+        return {**src_data, **given}
     canonical = _resolve_name(name, given.get("root"))[0]
     if src_data is not None and canonical == src_data.get("name"):
-        return {**src_data, **given}, False
-    return {"name": name, **given}, True
+        return {**src_data, **given}
+    return {"name": name, **given}
 
 
 def check_input(bundle: DataBundle, net: StaticNet) -> None:
@@ -373,7 +373,7 @@ def _prepare(cfg: FinetuneConfig, info: DistInfo, out: Path, work: RunDir, say) 
     folder, meta, net = read_source(cfg.path)
     space = space_from_dict(meta["space"])
     arch = net.arch
-    data_kwargs, _ = resolve_data(cfg, source_data_config(meta, folder))
+    data_kwargs = resolve_data(cfg, source_data_config(meta, folder))
     if info.is_main:       # rank 0 unpacks / caches the data first
         bundle = get_data(**data_kwargs)
     barrier(info)
