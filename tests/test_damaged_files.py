@@ -215,3 +215,21 @@ def test_predictor_fit_hides_only_convergence_warnings(monkeypatch):
         acc_mod.AccuracyPredictor.fit(sp, archs, np.linspace(0.6, 0.9, 12), kind="ridge")
     kinds = [w.category for w in seen]
     assert UserWarning in kinds and ConvergenceWarning not in kinds
+
+
+@FUZZ
+@given(data=st.data())
+def test_damaged_training_config_in_train_state(data):
+    """train_state.pt's "config" (read back on --resume), damaged field by field."""
+    from ofa.training import TrainConfig
+
+    doc = TrainConfig(run="/tmp/never-written", schedule="quick", data={"name": "digits"}).to_dict()
+
+    def load(d):
+        cfg = TrainConfig.from_dict(d)
+        for name in ("batch_size", "lr", "weight_decay", "warmup_epochs", "label_smoothing", "eval_size",
+                     "calib_images", "elastic_max_steps", "augment", "sandwich", "elastic_lr_scale"):
+            cfg.resolved(name)
+        cfg.base_lr()
+
+    _only_ofa_errors(load, _damage(doc, data))

@@ -8,6 +8,7 @@ resolution is elastic throughout: every step draws one of the space's resolution
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -115,6 +116,25 @@ KD_TEACHERS = ("full", "inplace")
 _BEFORE_OPTION: dict[str, Any] = {"elastic_lr_scale": 1.0}
 
 
+_SETTING_TYPES = {"int": (numbers.Integral,), "float": (numbers.Real,), "bool": (bool,), "str": (str,),
+                  "dict": (dict,), "list": (list, tuple)}
+
+
+def _check_setting_types(cfg: "TrainConfig") -> None:
+    """Each setting of the declared type (JSON or an API call may give others): an OFAError naming it otherwise.
+    `run` may be any path, `device` anything `parse_compute_device` reads."""
+    for f in fields(cfg):
+        if f.name in ("run", "device"):
+            continue
+        value = getattr(cfg, f.name)
+        kinds = [k.strip().split("[")[0] for k in str(f.type).split("|")]
+        if value is None and "None" in kinds:
+            continue
+        allowed = tuple(t for k in kinds for t in _SETTING_TYPES.get(k, ()))
+        if allowed and (not isinstance(value, allowed) or isinstance(value, bool) and bool not in allowed):
+            raise OFAError(f"training setting {f.name} must be {' or '.join(kinds)}, got {value!r}")
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run depends on (plain values: stored in train_state.pt for --resume)."""
@@ -164,6 +184,7 @@ class TrainConfig:
     time_budget_scope: str = "train"      # what the budget covers: "train", or "quickstart" (the whole main job)
 
     def __post_init__(self) -> None:
+        _check_setting_types(self)
         if self.schedule not in SCHEDULES:
             raise OFAError(f"unknown schedule '{self.schedule}'; allowed: {', '.join(SCHEDULES)}")
         stages_for(self.stage)
@@ -237,6 +258,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """A stored config (train_state.pt's "config"): every setting is checked, a damaged one is an OFAError."""
+        if not isinstance(d, dict) or not isinstance(d.get("run"), str):
+            raise OFAError("the stored training config is damaged (not an object with a 'run' path); restore "
+                           "train_state.pt or start a new run")
         known = {f.name for f in fields(cls)}
         return cls(**{**_BEFORE_OPTION, **{k: v for k, v in d.items() if k in known}})
 
