@@ -3,12 +3,14 @@
 A random-weight OFA-MobileNetV3 w1.2 supernet (1000 classes) is saved in the original's layout (a dict with
 `state_dict`, original key names, torch.save), then, for each setting (model threads, decoding workers):
 - `import`: `ofa.import_ofa` (torch.load with weights_only, key/shape checks, write the run directory);
-- `extract`: `ofa.extract` of the largest subnet at 224 px, no recalibration;
+- `extract`: `ofa.extract` of the subnet a note10@25ms search picks at 224 px with OFA's predictor (277M MACs;
+  deterministic), no recalibration;
 - `calibrate` / `evaluate`: `ofa.extract` with `--data imagefolder:` -- BN recalibration on 2,000 training
   images (the original's calibration transform) and test accuracy on 10,000 images (resize 256, crop 224),
   streamed from JPEGs on disk;
 - `data path`: images/s of the loader alone (decode + transform + batch), evaluation and calibration transforms;
-- `model`: images/s of the largest subnet at 224 px alone, on batches already in memory.
+- `model`: images/s of that subnet alone (and of the largest subnet, 843M MACs, for scale), batches of 100
+  already in memory.
 The data is a generated ImageFolder of JPEGs of ImageNet-like size (500x375, smooth random fields with noise,
 quality 90) under /tmp/import/imagefolder (1000 classes; train/ 3 per class, val/ 10 per class), written once.
 Writes bench/results/ofa_import_speed.json. Run it alone: `cpuslot -x python3 bench/ofa_import_speed.py`.
@@ -99,40 +101,50 @@ def model_rate(net: torch.nn.Module, n: int, r: int = 224, batch: int = 100) -> 
     return max(1, n // batch) * batch / (time.perf_counter() - t0)
 
 
+def bench_arch():
+    """The subnet a note10@25ms search at 224 px picks with OFA's predictor (seed 0)."""
+    import ofa
+
+    return ofa.specialize(space="mbv3-w1.2", device="note10", latency="25ms", resolution=224)[0].arch
+
+
 def one_setting(threads: int, workers: int, args, tag: str) -> dict:
     import ofa
+    from elastic import get_space
     from ofa.imagefolder import get_imagefolder
 
     torch.set_num_threads(threads)
+    arch = bench_arch()
     run = ROOT / f"run-{tag}"
     t0 = time.perf_counter()
     ofa.import_ofa(str(CHECKPOINT), str(run), overwrite=True)
     t_import = time.perf_counter() - t0
-    from elastic import get_space
-
-    largest = get_space("mbv3-w1.2").largest(r=224)
     t0 = time.perf_counter()
-    ofa.extract(str(run), largest, out=str(run / "largest-plain"), recalibrate=False, evaluate=False)
+    ofa.extract(str(run), arch, out=str(run / "plain"), recalibrate=False, evaluate=False)
     t_extract = time.perf_counter() - t0
     say(f"[{tag}] import {t_import:.1f} s, extract {t_extract:.1f} s")
     bundle = get_imagefolder(FOLDER, workers=workers, eval_size=args.eval_images, progress=True)
     t0 = time.perf_counter()
-    res = ofa.extract(str(run), largest, out=str(run / "largest"), data=bundle, calib_images=args.calib_images,
+    res = ofa.extract(str(run), arch, out=str(run / "recalibrated"), data=bundle, calib_images=args.calib_images,
                       evaluate=True)
     t_total = time.perf_counter() - t0
     cost = res.extra["cost"]
     say(f"[{tag}] calibrate {cost['calib_seconds']:.1f} s, evaluate {cost['eval_seconds']:.1f} s")
     data_eval = loader_rate(bundle, "test", args.rate_images)
     data_calib = loader_rate(bundle, "train", args.rate_images)
-    net = ofa.load(run / "largest-plain")
-    model = model_rate(net, args.rate_images)
-    say(f"[{tag}] data path {data_eval:.0f} img/s (eval) / {data_calib:.0f} (calib), model {model:.0f} img/s")
+    model = model_rate(ofa.load(run / "plain"), args.rate_images)
+    ofa.extract(str(run), get_space("mbv3-w1.2").largest(r=224), out=str(run / "largest"), recalibrate=False,
+                evaluate=False)
+    model_largest = model_rate(ofa.load(run / "largest"), args.rate_images // 2)
+    say(f"[{tag}] data path {data_eval:.0f} img/s (eval) / {data_calib:.0f} (calib), model {model:.0f} img/s "
+        f"(largest {model_largest:.1f})")
     shutil.rmtree(run, ignore_errors=True)
     return {"threads": threads, "workers": workers, "import_s": t_import, "extract_s": t_extract,
             "calibrate_s": cost["calib_seconds"], "calib_images": cost["calib_images"],
             "evaluate_s": cost["eval_seconds"], "eval_images": cost["eval_images"], "extract_with_data_s": t_total,
             "data_eval_img_s": data_eval, "data_calib_img_s": data_calib, "model_img_s": model,
-            "data_over_model": data_eval / model, "test_accuracy": res.test_accuracy}
+            "model_largest_img_s": model_largest, "data_eval_over_model": data_eval / model,
+            "data_calib_over_model": data_calib / model, "test_accuracy": res.test_accuracy}
 
 
 def main() -> None:
@@ -152,7 +164,8 @@ def main() -> None:
         "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
         "python": platform.python_version()},
         "supernet": "mbv3-w1.2, 1000 classes, random weights, original layout (torch.save dict with state_dict)",
-        "checkpoint_bytes": CHECKPOINT.stat().st_size, "subnet": "largest at 224 px", "data": folder,
+        "checkpoint_bytes": CHECKPOINT.stat().st_size, "data": folder,
+        "subnet": {"arch": bench_arch().to_dict(), "why": "note10@25ms pick at 224 px, OFA's predictor, seed 0"},
         "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2) + "\n")

@@ -372,5 +372,9 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(imported, tmp_path, ca
         _fails(cmd + ["--data", f"imagefolder:{three}"], capsys, runs, "has 3 classes but the network's head has")
     _fails(["extract", "--run", str(run), "--arch", json.dumps(good), "--recalibrate", "--out", target], capsys, runs,
            "--recalibrate needs images")
+    broken = _image_folder(tmp_path / "broken", data["n_classes"], {"train": 1, "val": 1})
+    (broken / "val" / "class00" / "0.png").write_bytes(b"not an image")
+    _fails(["extract", "--run", str(run), "--arch", json.dumps(good), "--data", f"imagefolder:{broken}", "--workers",
+            "1", "--out", target], capsys, runs, "cannot read image")
     _fails(["extract", "--run", str(run), "--arch", json.dumps(good), "--data", f"imagefolder:{tmp_path / 'none'}",
             "--out", target], capsys, runs, "does not exist")
