@@ -135,9 +135,11 @@ def analyse(args) -> None:
     report["noise"] = noise
 
     # designs: the first n subnets of the plan (as the main job measures them), labels on v images of half A of the
-    # validation split; scored against clean labels on the disjoint half B (and against their own labels, as the
-    # report does). "informative": the images of half A on which the first PILOT subnets disagree, the others
-    # counted as the pilot found them (so a label costs calib + |informative| images).
+    # validation split, the predictor fit and chosen as `fit_accuracy_predictor` does; scored on the subnets after
+    # the first --test-from (never fit on) against clean labels on the disjoint half B, and by the report's own
+    # held-out tau. "informative": the images of half A on which the first --pilot subnets disagree, the others
+    # counted as the pilot found them (a label then costs calib + |informative| images). Models: "+"-joined kinds
+    # (chosen by CV, as the product does) or "ens:" + kinds (the mean of their standardized predictions).
     rng = np.random.default_rng(args.seed)
     results = []
     A, B = np.arange(half), np.arange(half, n_val)
@@ -146,33 +148,48 @@ def analyse(args) -> None:
     agree_right = pilot.all(0)
     informative = A[~agree_right & pilot.any(0)]
     const = int(agree_right.sum())
+    full_a = C[:, A].mean(1)
+    est_a = (const + C[:, informative].sum(1)) / len(A)
+    later = np.arange(args.pilot, len(rows))
     report["informative"] = {"pilot": args.pilot, "images": int(len(informative)), "of": int(len(A)),
-                             "always_right": const}
+                             "always_right": const,
+                             "tau_vs_all_of_half_a": kendall_tau(full_a[later], est_a[later]),
+                             "mean_error_pts": float(100 * np.mean(est_a[later] - full_a[later])),
+                             "sd_error_pts": float(100 * np.std(est_a[later] - full_a[later]))}
+    test = np.arange(args.test_from, len(rows))
     from predictors.accuracy import AccuracyPredictor
     for design in args.designs.split(","):
-        n, v, label, *kinds = design.split(":")
+        n, v, label, models = design.split(":", 3) if design.count(":") >= 3 else (*design.split(":"), args.kinds)
         n, v = int(n), int(v)
-        kinds = kinds[0].split("+") if kinds else args.kinds.split(",")
+        ensemble = models.startswith("ens/")
+        kinds = models.removeprefix("ens/").split("+")
         for rep in range(args.repeats):
-            idx = np.arange(min(n, len(rows)))
+            idx = np.arange(min(n, args.test_from))
             if label == "informative":
                 imgs, cost = informative, int(len(informative))
-                acc_v = (const + C[idx][:, imgs].sum(1)) / len(A)
+                y_all = (const + C[:, imgs].sum(1)) / len(A)
             else:
                 imgs, cost = rng.choice(A, size=min(v, len(A)), replace=False), v
-                acc_v = C[idx][:, imgs].mean(1)
-            y = acc_v if label in ("acc", "informative") else -L[idx][:, imgs].mean(1)
+                y_all = C[:, imgs].mean(1) if label == "acc" else -L[:, imgs].mean(1)
+            y = y_all[idx]
             t = time.time()
-            pred = fit_accuracy_predictor(space, [archs[i] for i in idx], y, seed=rep, kinds=kinds)
-            rep_ = pred.report
-            perm = np.random.default_rng(rep).permutation(len(idx))   # the rows fit_accuracy_predictor held out
-            hold, train = np.sort(perm[:rep_["n_holdout"]]), np.sort(perm[rep_["n_holdout"]:])
-            m = AccuracyPredictor.fit(space, [archs[idx[i]] for i in train], y[train], kind=rep_["chosen"])
-            ph = m.predict([archs[idx[i]] for i in hold])
-            results.append({"n": n, "val_images": cost, "label": label, "kinds": kinds, "repeat": rep,
-                            "chosen": rep_["chosen"], "cv_tau": rep_["cv"][rep_["chosen"]]["kendall_tau"],
-                            "holdout_tau_own_labels": kendall_tau(acc_v[hold], ph),
-                            "holdout_tau_clean_labels": kendall_tau(clean[idx[hold]], ph),
+            fit_archs = [archs[i] for i in idx]
+            if ensemble:
+                preds = []
+                for k in kinds:
+                    m = AccuracyPredictor.fit(space, fit_archs, y, kind=k)
+                    p = m.predict([archs[i] for i in test])
+                    preds.append((p - p.mean()) / (p.std() or 1.0))
+                pt, chosen, own, cv = np.mean(preds, 0), "ensemble", float("nan"), float("nan")
+            else:
+                pred = fit_accuracy_predictor(space, fit_archs, y, seed=rep, kinds=kinds)
+                pt = pred.predict([archs[i] for i in test])
+                chosen, own = pred.report["chosen"], pred.report["holdout"]["kendall_tau"]
+                cv = pred.report["cv"][chosen]["kendall_tau"]
+            results.append({"n": n, "val_images": cost, "label": label, "models": models, "repeat": rep,
+                            "chosen": chosen, "cv_tau": cv, "report_holdout_tau": own,
+                            "test_tau_clean": kendall_tau(clean[test], pt),
+                            "test_tau_own_labels": kendall_tau(y_all[test], pt), "n_test": int(len(test)),
                             "fit_s": time.time() - t})
             print(json.dumps(results[-1]), flush=True)
     report["designs"] = results
@@ -195,7 +212,8 @@ def main() -> None:
     a.add_argument("--out", required=True)
     a.add_argument("--designs", default="200:2000:acc,300:1000:acc,200:2000:loss,200:0:informative")
     a.add_argument("--pilot", type=int, default=30)
-    a.add_argument("--kinds", default="mlp,gbr,gp,ridge")
+    a.add_argument("--test-from", type=int, default=200, help="Subnets from this plan index on score the designs.")
+    a.add_argument("--kinds", default="mlp+gbr+gp+ridge", help="Models of a design that names none.")
     a.add_argument("--repeats", type=int, default=3)
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--json")

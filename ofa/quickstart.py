@@ -13,6 +13,7 @@ from elastic.errors import OFAError
 
 DEFAULT_DEVICES = ("cpu", "pixel1", "note10")
 BUDGET_FRACTIONS = (0.3, 0.55, 0.8)   # where budgets sit between a device's fastest and slowest subnet
+WEAK_TAU = 0.5                        # a predictor ranking held-out subnets worse than this gets a warning
 
 
 def auto_budgets(space, lat_pred, fractions: Sequence[float] = BUDGET_FRACTIONS) -> list[float]:
@@ -73,6 +74,38 @@ def _final_accuracy(rd, space, calib_images: int) -> dict[str, dict[str, float]]
             for name, arch in (("largest", space.largest()), ("smallest", space.smallest()))}
 
 
+def _budgeted_predictor_data(rd, space, plan, clock: "_Clock", samples: int | None, seed: int,
+                              say: Callable[[str], None]):
+    """The accuracy dataset of a budgeted job: labels on the informative images (`ofa.informative_images`), as many
+    subnets as the time left pays for -- sized when training is over and again once the pilot has measured which
+    share of the images is informative (each decision stored in the plan; a resume reuses it)."""
+    from ofa.accuracy_data import collect, dataset_paths, plan_subnets
+    from ofa.informative_images import informative_evaluator
+    from ofa.training.time_budget import resize_predictor, save_plan
+
+    p = plan.predictor
+    if not p.get("sized") and not samples:
+        p["subnets"], p["sized"] = resize_predictor(plan, clock.used()), 1
+        save_plan(rd.path, plan)
+        say(f"time budget: {format_duration(clock.used())} used; the accuracy predictor gets {p['subnets']} subnets "
+            f"(the first {p['pilot']} on all {p['val_images']} validation images)")
+    pilot = plan_subnets(space, p["pilot"], seed)
+    evaluate, images = informative_evaluator(rd.path, pilot, calib_images=p["calib_images"], limit=p["val_images"])
+    settings = {"data": rd.data_config(), "split": "val", "calib_images": p["calib_images"],
+                "limit": p["val_images"], "labels": "informative images", "pilot": p["pilot"]}
+    csv_path = dataset_paths(rd.path)[0]
+    collect(space, csv_path, p["pilot"], evaluate, settings=settings, seed=seed, resume=True)
+    found = images()
+    if not p.get("sized_after_pilot") and not samples:
+        p["informative"] = found.fraction
+        p["subnets"], p["sized_after_pilot"] = resize_predictor(plan, clock.used(), p["pilot"]), 1
+        save_plan(rd.path, plan)
+        say(f"time budget: the pilot disagreed on {100 * found.fraction:.0f}% of the validation images; the others "
+            f"are evaluated on those alone: {p['subnets']} subnets in all")
+    return collect(space, csv_path, max(p["subnets"], p["pilot"]), evaluate, settings=settings, seed=seed,
+                   resume=True)
+
+
 def quickstart(run: str | Path = "checkpoints/quickstart", *, data: str | dict[str, Any] | None = None,
                devices: Sequence[str] = DEFAULT_DEVICES, samples: int | None = None, schedule: str = "quick",
                seed: int = 0, say: Callable[[str], None] = print, train_overrides: dict[str, Any] | None = None,
@@ -84,7 +117,7 @@ def quickstart(run: str | Path = "checkpoints/quickstart", *, data: str | dict[s
     from ofa.run_dir import RunDir
     from ofa.specialization import specialize
     from ofa.training import TrainConfig, train
-    from ofa.training.time_budget import load_plan, resize_predictor, save_plan
+    from ofa.training.time_budget import load_plan
     from predictors.accuracy import AccuracyPredictor, fit_accuracy_predictor, format_report
     from predictors.latency import get_latency_predictor
     from predictors.profiles import load_profile
@@ -109,6 +142,10 @@ def quickstart(run: str | Path = "checkpoints/quickstart", *, data: str | dict[s
         train(cfg, resume=resume, log=say, plan_options={"predictor_subnets": samples} if samples else None)
     if time_budget is not None:
         plan = load_plan(rd.path)
+        if plan is not None and plan.rates.threads and not (train_overrides or {}).get("threads"):
+            import torch
+
+            torch.set_num_threads(plan.rates.threads)   # what the measurement found fastest (as training used)
         if plan is None:
             raise OFAError(f"{rd.path} was trained without a time budget; rerun with --time-budget off, or use "
                            f"another --run")
@@ -120,22 +157,21 @@ def quickstart(run: str | Path = "checkpoints/quickstart", *, data: str | dict[s
     # 2) accuracy predictor (collection resumes; fitting is cheap). A budget sizes it to the time left, once.
     t0 = time.monotonic()
     pred_dir = rd.path / "predictors"
-    pred_calib, pred_limit, n_pred = calib_images, None, samples or 200
-    if plan is not None:
-        if not plan.predictor.get("sized") and not samples:
-            plan.predictor["subnets"] = resize_predictor(plan, clock.used())
-            plan.predictor["sized"] = 1
-            save_plan(rd.path, plan)
-            say(f"time budget: {format_duration(clock.used())} used; the accuracy predictor gets "
-                f"{plan.predictor['subnets']} subnets")
-        n_pred, pred_calib = plan.predictor["subnets"], plan.predictor["calib_images"]
-        pred_limit = plan.predictor["val_images"]   # (the whole validation split when it holds no more)
-    data_set = collect_from_run(rd.path, n_pred, seed=seed, resume=True, calib_images=pred_calib, limit=pred_limit,
-                                progress=True)
+    if plan is None:
+        data_set = collect_from_run(rd.path, samples or 200, seed=seed, resume=True, calib_images=calib_images,
+                                    progress=True)
+    else:
+        data_set = _budgeted_predictor_data(rd, space, plan, clock, samples, seed, say)
+    t_fit = time.monotonic()
     acc_pred = fit_accuracy_predictor(space, data_set.archs, data_set.accuracies, seed=seed)
     acc_pred.meta.update({"run": str(rd.path)})
     acc_pred.save(pred_dir)
+    timings["fit_s"] = time.monotonic() - t_fit
     say(format_report(acc_pred.report))
+    tau = acc_pred.report.get("holdout", {}).get("kendall_tau")
+    if tau is not None and tau < WEAK_TAU:
+        say(f"note: the accuracy predictor ranks held-out subnets poorly (Kendall tau {tau:.2f} < {WEAK_TAU}): the "
+            f"specialized nets' predicted accuracies below are rough; a longer --time-budget measures more subnets")
     timings["predictor_s"] = time.monotonic() - t0
     _milestone(rd, plan, clock, "predictor")
 
@@ -209,7 +245,8 @@ def render_summary(summary: dict[str, Any]) -> str:
         console.print(table)
         t = summary["timings"]
         err = summary.get("mean_abs_accuracy_error")
-        console.print(f"time: train {t['train_s']:.0f} s, predictors {t['predictor_s']:.0f} s, profiling "
+        console.print(f"time: train {t['train_s']:.0f} s, predictors {t['predictor_s']:.0f} s (fitting "
+                      f"{t.get('fit_s', 0):.0f} s), profiling "
                       f"{t['profile_s']:.0f} s, specialization {t['specialize_s']:.0f} s, total {t['total_s']:.0f} s")
         b = summary.get("time_budget")
         if b:

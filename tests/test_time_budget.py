@@ -70,7 +70,10 @@ def test_plan_lands_on_the_budget_with_the_schedules_proportions(scope, step_s):
     assert abs(est["total"] - TARGET * 900) < 0.02 * 900      # rounding of steps only
     if scope == "quickstart":
         assert PREDICTOR_MIN <= plan.predictor["subnets"] <= PREDICTOR_MAX
-        assert est["predictor"] == pytest.approx(predictor_seconds(plan.predictor["subnets"], r))
+        p = plan.predictor
+        assert p["pilot"] <= p["subnets"] and p["calib_images"] == 500 and p["val_images"] == 2000
+        assert est["predictor"] == pytest.approx(predictor_seconds(p["subnets"], r, 500, 2000, p["pilot"],
+                                                                   p["informative"]))
         assert {"profile", "specialize"} <= est.keys()
     else:
         assert plan.predictor is None and "profile" not in est

@@ -31,20 +31,25 @@ def calibration_batches(bundle: DataBundle, resolution: int, n_images: int, batc
 
 
 @torch.no_grad()
+def correct_per_image(net: torch.nn.Module, bundle: DataBundle, split: str, resolution: int, batch_size: int = 500,
+                      device: torch.device | str = "cpu", limit: int | None = None) -> torch.Tensor:
+    """Whether `net` classifies each image of `split` (its first `limit`) correctly, in order: a bool tensor."""
+    net.eval()
+    out = [net(x).argmax(1).cpu() == y
+           for x, y in bundle.loader(split, batch_size=batch_size, resolution=resolution, limit=limit, device=device)]
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
+
+
 def accuracy(net: torch.nn.Module, bundle: DataBundle, split: str, resolution: int, batch_size: int = 500,
              device: torch.device | str = "cpu", limit: int | None = None) -> float:
-    net.eval()
-    correct = total = 0
-    for x, y in bundle.loader(split, batch_size=batch_size, resolution=resolution, limit=limit, device=device):
-        pred = net(x).argmax(1).cpu()
-        correct += int((pred == y).sum())
-        total += len(y)
-    return correct / max(total, 1)
+    correct = correct_per_image(net, bundle, split, resolution, batch_size, device, limit)
+    return int(correct.sum()) / max(len(correct), 1)
 
 
-def evaluate_arch(supernet, arch: Arch, bundle: DataBundle, split: str = "val", calib_images: int = 2000,
-                  device: torch.device | str = "cpu", limit: int | None = None,
-                  _calib_cache: dict | None = None) -> float:
+def recalibrated(supernet, arch: Arch, bundle: DataBundle, calib_images: int = 2000,
+                 device: torch.device | str = "cpu", _calib_cache: dict | None = None) -> torch.nn.Module:
+    """`arch` extracted from `supernet` with its BN statistics re-estimated on `calib_images` training images
+    (the same images for every subnet at a resolution; `_calib_cache` keeps them between calls)."""
     from elastic.bn_calibration import recalibrate_bn
 
     net = supernet.extract(arch).to(device)
@@ -52,6 +57,13 @@ def evaluate_arch(supernet, arch: Arch, bundle: DataBundle, split: str = "val", 
     if arch.r not in cache:
         cache[arch.r] = calibration_batches(bundle, arch.r, calib_images, device=device)
     recalibrate_bn(net, cache[arch.r])
+    return net
+
+
+def evaluate_arch(supernet, arch: Arch, bundle: DataBundle, split: str = "val", calib_images: int = 2000,
+                  device: torch.device | str = "cpu", limit: int | None = None,
+                  _calib_cache: dict | None = None) -> float:
+    net = recalibrated(supernet, arch, bundle, calib_images, device, _calib_cache)
     return accuracy(net, bundle, split, arch.r, device=device, limit=limit)
 
 

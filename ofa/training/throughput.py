@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +53,9 @@ def _step_macs(space: SpaceSpec, phase, cfg: TrainConfig, draws: int = 12) -> fl
 
 def measure_rates(space: SpaceSpec, bundle: DataBundle, cfg: TrainConfig, device: torch.device,
                   local_batch: int, say: Callable[[str], None] = print,
-                  clock: Callable[[], float] = time.perf_counter) -> Rates:
+                  clock: Callable[[], float] = time.perf_counter, threads: Sequence[int] = ()) -> Rates:
+    """The machine's Rates. `threads`: CPU thread counts to try on full-stage steps; the fastest is kept (set with
+    torch.set_num_threads) and measured on: beside other jobs, two threads can run several times slower than one."""
     from elastic.supernet import Supernet
     from ofa.training.evaluate import calibration_batches, evaluate_arch
     from ofa.training.loop import sample_step_archs
@@ -116,6 +118,17 @@ def measure_rates(space: SpaceSpec, bundle: DataBundle, cfg: TrainConfig, device
         full = stage_phases("full", space)[0]
         elastic = [p for s in ("kernel", "depth", "expand") for p in stage_phases(s, space)]
         t_full = timed_steps(full, TIMED_STEPS, warm=len(space.resolutions))   # warmed at every resolution
+        tried = {torch.get_num_threads(): t_full}
+        for n in threads:
+            if n not in tried:
+                torch.set_num_threads(n)
+                tried[n] = timed_steps(full, TIMED_STEPS, warm=1)
+        best = min(tried, key=tried.get)
+        torch.set_num_threads(best)
+        t_full = tried[best]
+        if len(tried) > 1:
+            say("  full-stage steps: " + ", ".join(f"{n} thread(s) {t:.2f} s" for n, t in sorted(tried.items()))
+                + f"; training on {best}")
         t_first, t_last = timed_steps(elastic[0], TIMED_STEPS), timed_steps(elastic[-1], TIMED_STEPS)
         m_first, m_last = _step_macs(space, elastic[0], cfg), _step_macs(space, elastic[-1], cfg)
         per_phase = {}

@@ -43,9 +43,13 @@ MAX_RESCALE = 3.0                 # a stage-start revision gives at most this ma
 # The accuracy predictor of the main job (quickstart scope). What a subnet's label costs: `calib` training
 # images to recalibrate BN plus `val` validation images; how many subnets: a share of what the budget leaves,
 # between a floor and a ceiling (see docs/incoming/budget.md for the measurements behind these).
-PREDICTOR_SHARE = 0.22
-PREDICTOR_MIN, PREDICTOR_MAX = 30, 1200
-PREDICTOR_CALIB, PREDICTOR_VAL = 1000, 2000
+PREDICTOR_SHARE = 0.25
+PREDICTOR_MIN, PREDICTOR_MAX = 30, 1500
+PREDICTOR_CALIB, PREDICTOR_VAL = 500, 2000
+# Labels on the informative images (`ofa.informative_images`): the first PILOT subnets on every validation image,
+# the others on the images those disagreed on -- INFORMATIVE_GUESS of them until the pilot has measured it.
+PILOT_MIN, PILOT_MAX, PILOT_SHARE = 10, 30, 0.2
+INFORMATIVE_GUESS = 0.5
 # The cpu latency profile: (fitting, test) subnets and timing rounds; the smaller one when time is short.
 PROFILE_FULL, PROFILE_SMALL = (40, 12, 5), (20, 6, 5)
 PROFILE_SHARE = 0.06              # the small one when the full one would take more than this share of the budget
@@ -53,12 +57,12 @@ SPEC_EVALS = 13                   # nets evaluated at the end: 3 devices x 3 bud
 STAGES_EVALUATED = ("full", "kernel", "depth", "expand")
 STAGE_EVALS = 2 * len(STAGES_EVALUATED)   # largest + smallest at each stage end
 
-# Costs that are not training steps, in seconds on the reference machine (full-stage step REF_FULL_STEP_S),
-# scaled by the measured step time: predictor fitting (per run and per subnet), profiling (per subnet measured),
-# specialization (the searches), start-up (imports, data). Measured on this project's 2-core machine, see
-# docs/incoming/budget.md.
-REF_FULL_STEP_S = 0.40
-REF_COSTS = {"fit_base_s": 8.0, "fit_per_subnet_s": 0.10, "profile_per_subnet_s": 0.35, "specialize_s": 8.0,
+# Costs that are not training steps or subnet evaluations, in seconds on a reference machine that evaluates
+# subnets at REF_EVAL_IMAGE_S a image, scaled by the measured evaluation speed: predictor fitting (per run and per
+# subnet), profiling (per subnet timed), the searches of the specialization, start-up (imports, data). From this
+# project's 2-core machines on a quiet and on a loaded day, see docs/incoming/budget.md.
+REF_EVAL_IMAGE_S = 2.5e-4
+REF_COSTS = {"fit_base_s": 3.0, "fit_per_subnet_s": 0.05, "profile_per_subnet_s": 0.2, "specialize_s": 5.0,
              "startup_s": 4.0}
 
 
@@ -110,8 +114,8 @@ class Rates:
 
     @property
     def speed(self) -> float:
-        """How much slower than the reference machine (1.0: as fast; 5: five times slower)."""
-        return self.full_step_s / REF_FULL_STEP_S
+        """How much slower than the reference machine (1.0: as fast; 5: five times slower), by subnet evaluation."""
+        return self.eval_image_s / REF_EVAL_IMAGE_S
 
     def full_images_per_s(self) -> float:
         return self.batch / self.full_step_s
@@ -217,17 +221,32 @@ def _fixed_costs(rates: Rates) -> dict[str, float]:
     return {k: v * rates.speed for k, v in REF_COSTS.items()}
 
 
-def predictor_seconds(n: int, rates: Rates, calib: int = PREDICTOR_CALIB, val: int = PREDICTOR_VAL) -> float:
+def pilot_size(n: int) -> int:
+    return int(min(PILOT_MAX, max(PILOT_MIN, round(PILOT_SHARE * n)), n))
+
+
+def label_images(n: int, calib: int, val: int, pilot: int = 0, fraction: float = 1.0) -> float:
+    """Images evaluated for `n` labels: each recalibrates on `calib`; the first `pilot` see all `val` images, the
+    others `fraction` of them."""
+    p = min(pilot, n)
+    return n * calib + p * val + (n - p) * fraction * val
+
+
+def predictor_seconds(n: int, rates: Rates, calib: int = PREDICTOR_CALIB, val: int = PREDICTOR_VAL, pilot: int = 0,
+                      fraction: float = 1.0) -> float:
     c = _fixed_costs(rates)
-    return n * (rates.eval_cost(calib, val) + c["fit_per_subnet_s"]) + c["fit_base_s"]
+    return (n * (rates.eval_subnet_s + c["fit_per_subnet_s"]) + c["fit_base_s"]
+            + label_images(n, calib, val, pilot, fraction) * rates.eval_image_s)
 
 
 def predictor_subnets_for(seconds: float, rates: Rates, calib: int = PREDICTOR_CALIB, val: int = PREDICTOR_VAL,
-                          lo: int = PREDICTOR_MIN, hi: int = PREDICTOR_MAX) -> int:
+                          pilot: int = 0, fraction: float = 1.0, lo: int = PREDICTOR_MIN,
+                          hi: int = PREDICTOR_MAX) -> int:
     """As many subnets as `seconds` pay for (collection and fitting), within [lo, hi]."""
     c = _fixed_costs(rates)
-    per = rates.eval_cost(calib, val) + c["fit_per_subnet_s"]
-    return int(min(hi, max(lo, (seconds - c["fit_base_s"]) // per)))
+    per = rates.eval_subnet_s + c["fit_per_subnet_s"] + (calib + fraction * val) * rates.eval_image_s
+    pilot_extra = pilot * (1 - fraction) * val * rates.eval_image_s
+    return int(min(hi, max(lo, (seconds - c["fit_base_s"] - pilot_extra) // per)))
 
 
 def plan_budget(budget_s: float, rates: Rates, base_steps: dict[str, int], *, scope: str = "train",
@@ -262,10 +281,14 @@ def plan_budget(budget_s: float, rates: Rates, base_steps: dict[str, int], *, sc
             prof_cfg = PROFILE_SMALL
             est["profile"] = (prof_cfg[0] + prof_cfg[1]) * costs["profile_per_subnet_s"]
         rest = target - sum(est.values())
+        calib, val = predictor_images
+        guess = predictor_subnets_for(PREDICTOR_SHARE * rest, rates, calib, val, PILOT_MAX, INFORMATIVE_GUESS)
         n_pred = predictor_subnets if predictor_subnets is not None else \
-            predictor_subnets_for(PREDICTOR_SHARE * rest, rates, *predictor_images)
-        est["predictor"] = predictor_seconds(n_pred, rates, *predictor_images)
-        pred_cfg = {"subnets": int(n_pred), "calib_images": predictor_images[0], "val_images": predictor_images[1]}
+            predictor_subnets_for(PREDICTOR_SHARE * rest, rates, calib, val, pilot_size(guess), INFORMATIVE_GUESS)
+        pilot = pilot_size(n_pred)
+        est["predictor"] = predictor_seconds(n_pred, rates, calib, val, pilot, INFORMATIVE_GUESS)
+        pred_cfg = {"subnets": int(n_pred), "calib_images": calib, "val_images": val, "pilot": pilot,
+                    "informative": INFORMATIVE_GUESS}
     available = target - sum(est.values())
     unit = train_seconds(base_steps, rates)          # seconds of the schedule at scale 1
     scale = available / unit if unit > 0 else MIN_SCALE
@@ -291,8 +314,9 @@ def plan_budget(budget_s: float, rates: Rates, base_steps: dict[str, int], *, sc
     return plan
 
 
-def resize_predictor(plan: BudgetPlan, spent_s: float) -> int:
-    """Subnets for the predictor once training is over, from what the budget has left (`spent_s` used so far).
+def resize_predictor(plan: BudgetPlan, spent_s: float, measured_so_far: int = 0) -> int:
+    """Subnets for the predictor from what the budget has left (`spent_s` used so far, `measured_so_far` subnets
+    already measured), at the informative share of images in `plan.predictor`.
 
     The later parts' estimates are scaled by how the training's estimate compared with its real time (a machine
     that slowed down since it was measured is slower for the rest too)."""
@@ -308,7 +332,11 @@ def resize_predictor(plan: BudgetPlan, spent_s: float) -> int:
     rates = plan.rates
     slowed = Rates(**{**rates.to_dict(), "eval_image_s": rates.eval_image_s * drift,
                       "eval_subnet_s": rates.eval_subnet_s * drift, "full_step_s": rates.full_step_s * drift})
-    return predictor_subnets_for(left, slowed, plan.predictor["calib_images"], plan.predictor["val_images"])
+    p = plan.predictor
+    pilot_left = max(0, p.get("pilot", 0) - measured_so_far)
+    more = predictor_subnets_for(left, slowed, p["calib_images"], p["val_images"], pilot_left,
+                                 p.get("informative", 1.0), lo=0)
+    return int(min(PREDICTOR_MAX, max(PREDICTOR_MIN, p.get("pilot", 0), measured_so_far + more)))
 
 
 # ---- in a training run -------------------------------------------------------------------------------------
@@ -329,7 +357,10 @@ def plan_training(cfg, run, space, bundle, info, say, stages=None, **options: An
         from ofa.training.throughput import measure_rates
 
         stage_eval = (min(cfg.resolved("calib_images"), n_train), len(bundle.val))
-        rates = measure_rates(space, bundle, cfg, info.device, batch // info.world, say)
+        import torch
+
+        try_threads = (1,) if cfg.threads is None and info.device.type == "cpu" and not info.distributed else ()
+        rates = measure_rates(space, bundle, cfg, info.device, batch // info.world, say, threads=try_threads)
         rates = Rates(**{**rates.to_dict(), "batch": batch})
         plan = plan_budget(cfg.time_budget, rates, cfg.schedule_steps(space, n_train, stages or STAGES_EVALUATED), scope=cfg.time_budget_scope,
                            stage_eval=stage_eval, spec_eval=(stage_eval[0], len(bundle.test)),
@@ -339,6 +370,7 @@ def plan_training(cfg, run, space, bundle, info, say, stages=None, **options: An
         plan.spent_s["measured"] = plan.estimate_s["startup"] + rates.probe_s
         save_plan(run.path, plan)
     plan = BudgetPlan.from_dict(broadcast_object(info, plan.to_dict() if plan is not None else None))
+    use_planned_threads(cfg, plan, info)
     if info.is_main:
         say(render_plan(plan, batch, n_train))
     return replace(cfg, phase_steps=dict(plan.phase_steps), eval_every=0,
@@ -429,6 +461,14 @@ class BudgetRun:
         return replace(cfg, phase_steps={**cfg.phase_steps, **rev["phase_steps"]})
 
 
+def use_planned_threads(cfg, plan: BudgetPlan, info) -> None:
+    """A budgeted CPU run without --threads trains on the thread count its measurement found fastest."""
+    if cfg.threads is None and info.device.type == "cpu" and not info.distributed and plan.rates.threads:
+        import torch
+
+        torch.set_num_threads(plan.rates.threads)
+
+
 def budget_run(cfg, run, resume: bool, plan: BudgetPlan | None, info) -> BudgetRun | None:
     """The BudgetRun of a budgeted training (`plan`: just made; None on a resume, read from the run)."""
     if cfg.time_budget is None:
@@ -437,6 +477,7 @@ def budget_run(cfg, run, resume: bool, plan: BudgetPlan | None, info) -> BudgetR
         plan = load_plan(run.path)
         if plan is None:
             return None
+        use_planned_threads(cfg, plan, info)
         return BudgetRun(run, plan, max(plan.spent_s.values(), default=0.0), info.is_main)
     return BudgetRun(run, plan, plan.spent_s.get("measured", plan.estimate_s["startup"]), info.is_main)
 
@@ -463,7 +504,9 @@ def render_plan(plan: BudgetPlan, batch: int, n_train: int) -> str:
     if plan.predictor:
         p = plan.predictor
         rows.append(("accuracy predictor", f"{p['subnets']} subnets x ({p['calib_images']} calibration + "
-                                           f"{p['val_images']} validation images), fitting", e["predictor"]))
+                                           f"{p['val_images']} validation images, ~{100 * p.get('informative', 1):.0f}"
+                                           f"% of them after a {p.get('pilot', 0)}-subnet pilot), fitting",
+                     e["predictor"]))
     if plan.profile:
         p = plan.profile
         rows.append(("cpu profile", f"{p['n_fit']} + {p['n_test']} subnets x {p['rounds']} rounds", e["profile"]))
