@@ -126,14 +126,14 @@ def _load(work: Path):
     return space, sets
 
 
-def time_device(work: Path, device: str, rounds: int) -> None:
+def time_device(work: Path, device: str, rounds: int, tag: str = "") -> None:
     import torch
 
     from predictors.measure import build_module, measure_modules
 
     space, sets = _load(work)
     order = [("probes", i) for i in range(40)] + [("dev", i) for i in range(40)] + [("fresh", i) for i in range(100)]
-    if device == "ort1":
+    if device == "ort1" and not tag:
         order += [("weights2", i) for i in range(20)]
     def arch_of(kind: str, i: int) -> Arch:   # weights2: the first fresh archs with other random weights
         return sets["fresh" if kind == "weights2" else kind][i]
@@ -155,12 +155,12 @@ def time_device(work: Path, device: str, rounds: int) -> None:
     print(f"\n{device}: {len(order)} nets timed in {time.perf_counter() - t0:.0f} s")
     out = {"device": device, "runtime": runtime, "threads": threads, "rounds": rounds, "seconds": time.perf_counter() - t0,
            "date": time.strftime("%Y-%m-%d %H:%M"), "ms": {f"{k}_{i:03d}": float(v) for (k, i), v in zip(order, ms)}}
-    if device == "ort1":   # the prior's own fitting session, as `ofa profile` times it
+    if device == "ort1" and not tag:   # the prior's own fitting session, as `ofa profile` times it
         pf = sets["priorfit"]
         pms = measure_modules([(work / f"priorfit_{i:03d}.onnx").read_bytes() for i in range(len(pf))],
                               [(3, a.r, a.r) for a in pf], rounds=rounds)
         out["priorfit_ms"] = [float(v) for v in pms]
-    write_json_atomic(work / f"timings_{device}.json", out)
+    write_json_atomic(work / f"timings_{device}{'_' + tag if tag else ''}.json", out)
 
 
 # ---- fitting and scoring ------------------------------------------------------------------------------------
@@ -182,6 +182,15 @@ def evaluate(pred: LatencyPredictor, nets, ms) -> dict:
     p = np.array([pred.predict_net(n) for n in nets])
     q = scores(p, np.asarray(ms))
     q["spearman"] = float(spearmanr(p, ms).statistic)
+    return q
+
+
+def evaluate_pairs(pred, real) -> dict:
+    """The same scores for one measurement taken as the prediction of another."""
+    from scipy.stats import spearmanr
+
+    q = scores(np.asarray(pred), np.asarray(real))
+    q["spearman"] = float(spearmanr(pred, real).statistic)
     return q
 
 
@@ -244,6 +253,13 @@ def analyze(work: Path) -> dict:
             entry["prior_cpu"] = curve(nets["probes"], ms["probes"], nets["dev"], ms["dev"], nets["fresh"],
                                        ms["fresh"], prior)
             entry["prior_alone"] = evaluate(LatencyPredictor(prior), nets["fresh"], ms["fresh"])
+        rep = work / f"timings_{d}_rep.json"
+        if rep.exists():   # a second session of the same nets: how far one measurement is from another
+            r = json.loads(rep.read_text())
+            again = [r["ms"][f"fresh_{i:03d}"] for i in range(len(sets["fresh"]))]
+            full = LatencyPredictor(fit_timings(nets["probes"], ms["probes"], "bench", prior=None))
+            entry["repeat_session"] = {"date": r["date"], "session2_vs_session1": evaluate_pairs(again, ms["fresh"]),
+                                       "k40_no_prior_vs_session2": evaluate(full, nets["fresh"], again)}
         res["part_a"][d] = entry
     res["part_b"] = published_part()
     return res
@@ -290,17 +306,21 @@ def plot(res: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import NullFormatter
+
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for d, e in res["part_a"].items():
+    for c, (d, e) in enumerate(res["part_a"].items()):
         for key, style in (("no_prior", "--"), ("prior_cpu", "-")):
             if key not in e:
                 continue
             ks = [r["k"] for r in e[key]]
             axes[0].plot(ks, [100 * r["summary"]["fresh_within_10pct"]["mean"] for r in e[key]], style, marker="o",
-                         label=f"{d} {'prior cpu' if key == 'prior_cpu' else 'no prior'}")
-            axes[1].plot(ks, [r["summary"]["fresh_kendall_tau"]["mean"] for r in e[key]], style, marker="o")
+                         color=f"C{c}", label=f"{d} {'prior cpu' if key == 'prior_cpu' else 'no prior'}")
+            axes[1].plot(ks, [r["summary"]["fresh_kendall_tau"]["mean"] for r in e[key]], style, marker="o",
+                         color=f"C{c}")
     for ax, title in zip(axes, ("fresh nets within 10% (%)", "Kendall tau on fresh nets")):
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xticks(KS, [str(k) for k in KS])
         ax.set_xlabel("timed probes")
         ax.set_title(title)
@@ -316,6 +336,10 @@ def report(res: dict) -> None:
         if "prior_alone" in e:
             q = e["prior_alone"]
             print(f"  prior alone: MAPE {q['mape_pct']:.1f}%, within 10% {100 * q['within_10pct']:.0f}%, tau {q['kendall_tau']:.3f}")
+        if "repeat_session" in e:
+            a_, b_ = e["repeat_session"]["session2_vs_session1"], e["repeat_session"]["k40_no_prior_vs_session2"]
+            print(f"  second session vs first: within 10% {100 * a_['within_10pct']:.0f}%, tau {a_['kendall_tau']:.3f}; "
+                  f"k=40 profile vs second session: {100 * b_['within_10pct']:.0f}%, tau {b_['kendall_tau']:.3f}")
         for key in ("no_prior", "prior_cpu"):
             for r in e.get(key, []):
                 s = r["summary"]
@@ -340,13 +364,15 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "device-fewshot")
     ap.add_argument("--device", choices=DEVICES)
     ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--tag", default="", help="time: a second session of the same nets (timings_DEVICE_TAG.json), "
+                                              "for the measurement-vs-measurement ceiling")
     args = ap.parse_args()
     if args.phase == "export":
         export(args.work)
     elif args.phase == "time":
         if args.device is None:
             ap.error("time needs --device")
-        time_device(args.work, args.device, args.rounds)
+        time_device(args.work, args.device, args.rounds, args.tag)
     else:
         res = analyze(args.work)
         res["machine"] = "2-core shared VM, no GPU"

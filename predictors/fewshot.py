@@ -162,8 +162,9 @@ def candidate_models(has_prior: bool) -> tuple[str, ...]:
     return tuple(CANDIDATES) if has_prior else PRIOR_FREE
 
 
-def fit_terms(T: np.ndarray, y: np.ndarray, has_prior: bool, model: str = "auto") -> FitResult:
-    """Choose (or take `model`) and fit on per-network terms `T` and timings `y` (ms)."""
+def fit_terms(T: np.ndarray, y: np.ndarray, has_prior: bool, model: str = "auto", tie: float = TIE) -> FitResult:
+    """Choose (or take `model`) and fit on per-network terms `T` and timings `y` (ms); `tie`: candidates
+    within this relative margin of the best LOO MAPE count as tied (the fewest parameters wins)."""
     y = np.asarray(y, float)
     n = len(y)
     pool = candidate_models(has_prior)
@@ -191,7 +192,7 @@ def fit_terms(T: np.ndarray, y: np.ndarray, has_prior: bool, model: str = "auto"
             row["loo"] = scores(preds[m], y)
         rows.append(row)
     best = min(r["loo"]["mape_pct"] for r in rows if "loo" in r)
-    tied = [r for r in rows if "loo" in r and r["loo"]["mape_pct"] <= best * (1 + TIE) + 1e-12]
+    tied = [r for r in rows if "loo" in r and r["loo"]["mape_pct"] <= best * (1 + tie) + 1e-12]
     chosen = min(tied, key=lambda r: (r["params"], r["loo"]["mape_pct"]))["model"]
     for r in rows:
         r["chosen"] = r["model"] == chosen
@@ -205,7 +206,7 @@ def fit_terms(T: np.ndarray, y: np.ndarray, has_prior: bool, model: str = "auto"
 
 def fit_timings(nets: Sequence[NetSpec], ms: Sequence[float], name: str, prior: Profile | None = None,
                 model: str = "auto", batch: int = 1, source: str = "", names: Sequence[str] | None = None,
-                spaces: Sequence[str] = ()) -> Profile:
+                spaces: Sequence[str] = (), tie: float = TIE) -> Profile:
     """A profile from whole-network timings of `nets` (ms), with or without a prior profile."""
     from predictors.latency import LatencyPredictor
 
@@ -224,7 +225,7 @@ def fit_timings(nets: Sequence[NetSpec], ms: Sequence[float], name: str, prior: 
                            f"include {'/'.join(other)} ones; choose a prior of the same space family")
         prior_pred = LatencyPredictor(prior)
     T = np.stack([net_terms(n, prior_pred) for n in nets])
-    fit = fit_terms(T, ms, prior is not None, model)
+    fit = fit_terms(T, ms, prior is not None, model, tie)
     res = [n.resolution for n in nets]
     domain = domain_of_nets(f"latency profile '{name}'", families, res, spaces,
                             f"{len(nets)} timed networks at {min(res)}-{max(res)} px" if len(set(res)) > 1

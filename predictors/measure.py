@@ -147,14 +147,20 @@ def gpu_clock_note() -> dict[str, Any]:
     if shutil.which("nvidia-smi") is None:
         note["clocks"] = "not known (no nvidia-smi)"
         return note
-    fields = "clocks.sm,clocks.max.sm,clocks.mem,clocks.max.mem,persistence_mode,clocks_event_reasons.active"
-    try:
-        out = subprocess.run(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=10).stdout.strip().splitlines()
-    except (OSError, subprocess.SubprocessError):
-        out = []
-    if out:
-        note.update(zip(fields.split(","), (v.strip() for v in out[0].split(","))))
+    # newer drivers name the last field clocks_event_reasons, older ones clocks_throttle_reasons
+    for fields in ("clocks.sm,clocks.max.sm,clocks.mem,clocks.max.mem,persistence_mode,clocks_event_reasons.active",
+                   "clocks.sm,clocks.max.sm,clocks.mem,clocks.max.mem,persistence_mode,clocks_throttle_reasons.active",
+                   "clocks.sm,clocks.max.sm,clocks.mem,clocks.max.mem"):
+        try:
+            done = subprocess.run(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader"],
+                                  capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            break
+        lines = done.stdout.strip().splitlines()
+        if done.returncode == 0 and lines:
+            note.update(zip(fields.split(","), (v.strip() for v in lines[0].split(","))))
+            return note
+    note["clocks"] = "not known (nvidia-smi gave no answer)"
     return note
 
 
