@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -50,13 +51,20 @@ def _cli(args, capsys) -> str:
     return capsys.readouterr().out
 
 
+_PROGRESS_LINE = re.compile(r"  .+: \d+/\d+ images, \d+ img/s")
+
+
 def _fails(args, capsys, watch: Path, needle: str) -> str:
     """One `error:` line naming `needle`, exit 2, and nothing new or changed under `watch`."""
     before = sorted((str(p), p.stat().st_size) for p in watch.rglob("*"))
     with pytest.raises(SystemExit) as exc:
         main(args)
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert exc.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), (args, err)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    # progress lines of work done before the failure may come first ("  train ...: 9/9 images, 88 img/s");
+    # the failure itself is one `error:` line, the last one
+    err = [line for line in lines if not _PROGRESS_LINE.fullmatch(line)]
+    assert exc.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), (args, lines)
+    assert lines[-1] == err[0], (args, lines)
     assert needle in err[0], err[0]
     assert sorted((str(p), p.stat().st_size) for p in watch.rglob("*")) == before, f"{args} wrote files"
     return err[0]

@@ -98,21 +98,21 @@ def proxyless_search(*, space: str = "proxyless-w1.3-small", data: str | None = 
     target = parse_latency(budget)
     if batch_size < 1 or train_steps < 0:
         raise OFAError("--batch-size must be >= 1 and --train-steps >= 0")
+    cfg = StandaloneConfig(target=target, warmup_steps=warmup_steps, search_steps=search_steps,
+                           arch_every=arch_every, weight_lr=weight_lr, arch_lr=arch_lr, form=form, beta=beta,
+                           lam=lam, estimator=estimator, one_sided=one_sided, budget_rounds=budget_rounds,
+                           budget_steps=budget_steps,
+                           seed=seed)
+    ks, es = _ints(kernels, "--kernels"), _ints(expands, "--expands")
+    bad_k = [k for k in ks if k % 2 == 0 or k < 1]
+    if bad_k:
+        raise OFAError(f"--kernels must be odd positive sizes, got {list(ks)}")
     bundle = get_data(data, subset_size=subset, eval_size=eval_size, split_seed=seed)
     sp = get_space(space, n_classes=bundle.n_classes)
     if sp.family != "proxyless":
         raise OFAError(f"proxyless-search runs on a ProxylessNAS space (proxyless-w1.3, proxyless-w1.3-small), "
                        f"not {space}")
     r = int(resolution or max(sp.resolutions))
-    ks, es = _ints(kernels, "--kernels"), _ints(expands, "--expands")
-    bad_k = [k for k in ks if k % 2 == 0 or k < 1]
-    if bad_k:
-        raise OFAError(f"--kernels must be odd positive sizes, got {list(ks)}")
-    cfg = StandaloneConfig(target=target, warmup_steps=warmup_steps, search_steps=search_steps,
-                           arch_every=arch_every, weight_lr=weight_lr, arch_lr=arch_lr, form=form, beta=beta,
-                           lam=lam, estimator=estimator, one_sided=one_sided, budget_rounds=budget_rounds,
-                           budget_steps=budget_steps,
-                           seed=seed)
     predictor = get_latency_predictor(device, sp)
     net = OverParamNet(sp, r, ks, es, zero).to(dev)
     table = OpLatencyTable(sp, predictor, r, net.choices)
