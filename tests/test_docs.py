@@ -16,7 +16,6 @@ def _generator():
     return module
 
 
-@pytest.mark.skip(reason="enabled after the feature pass")
 def test_cli_reference_is_the_generators_output():
     gen = _generator()
     assert (DOCS / "cli.md").read_text(encoding="utf-8") == gen.render(), \

@@ -42,7 +42,7 @@ MAX_RESCALE = 3.0                 # a stage-start revision gives at most this ma
 
 # The accuracy predictor of the main job (quickstart scope). What a subnet's label costs: `calib` training
 # images to recalibrate BN plus `val` validation images; how many subnets: a share of what the budget leaves,
-# between a floor and a ceiling (see docs/incoming/budget.md for the measurements behind these).
+# between a floor and a ceiling (see docs/results.md, "The main job within a time budget" for the measurements behind these).
 PREDICTOR_SHARE = 0.25
 PREDICTOR_MIN, PREDICTOR_MAX = 30, 1500
 PREDICTOR_CALIB, PREDICTOR_VAL = 500, 2000
@@ -60,7 +60,7 @@ STAGE_EVALS = 2 * len(STAGES_EVALUATED)   # largest + smallest at each stage end
 # Costs that are not training steps or subnet evaluations, in seconds on a reference machine that evaluates
 # subnets at REF_EVAL_IMAGE_S a image, scaled by the measured evaluation speed: predictor fitting (per run and per
 # subnet), profiling (per subnet timed), the searches of the specialization, start-up (imports, data). From this
-# project's 2-core machines on a quiet and on a loaded day, see docs/incoming/budget.md.
+# project's 2-core machines on a quiet and on a loaded day, see docs/results.md, "The main job within a time budget".
 REF_EVAL_IMAGE_S = 2.5e-4
 REF_COSTS = {"fit_base_s": 3.0, "fit_per_subnet_s": 0.05, "profile_per_subnet_s": 0.2, "specialize_s": 5.0,
              "startup_s": 4.0}
