@@ -33,7 +33,8 @@ from predictors.layer_regression import LayerRegression, fit_relative  # noqa: E
 from predictors.layers import FEATURES, Layer, features_matrix, net_features, net_layers  # noqa: E402
 from predictors.lut import LayerTable  # noqa: E402
 from predictors.net_config import netspec_from_json  # noqa: E402
-from predictors.profiles import PACKAGE_DIR, Profile, write_json_atomic  # noqa: E402
+from predictors.atomic_files import write_json_atomic  # noqa: E402
+from predictors.profiles import PACKAGE_DIR, Profile  # noqa: E402
 
 ATTRIBUTION = ("latency tables and published networks by Han Cai et al. (MIT), Once-for-All / ProxylessNAS, "
                "MIT License")

@@ -45,13 +45,15 @@ sys.path.insert(0, str(ROOT))
 
 from elastic.arch import Arch  # noqa: E402
 from elastic.spaces import get_space  # noqa: E402
-from predictors.fewshot import fit_timings, scores  # noqa: E402
+from predictors.fewshot import fit_timings  # noqa: E402
+from predictors.metrics import latency_quality  # noqa: E402
 from predictors.latency import LatencyPredictor, get_latency_predictor  # noqa: E402
 from predictors.layer_regression import LayerRegression, fit_relative  # noqa: E402
 from predictors.layers import net_features  # noqa: E402
 from predictors.net_config import load_net_config  # noqa: E402
 from predictors.probes import stratified_archs  # noqa: E402
-from predictors.profiles import Profile, load_profile, write_json_atomic  # noqa: E402
+from predictors.atomic_files import write_json_atomic  # noqa: E402
+from predictors.profiles import Profile, load_profile  # noqa: E402
 
 SPACE = "mbv3-w1.0"
 KS = (3, 5, 10, 20, 40)
@@ -171,7 +173,7 @@ def fit_prior(space, sets, pms: list[float]) -> Profile:
     y = np.asarray(pms)
     n_fit = len(nets) - 20
     coef = fit_relative(F[:n_fit], y[:n_fit])
-    q = scores(F[n_fit:] @ coef, y[n_fit:])
+    q = latency_quality(y[n_fit:], F[n_fit:] @ coef, within=(0.10,))
     return Profile(name="cpu", kind="measured", unit="ms", families=("mbv3",), space=SPACE,
                    regression=LayerRegression(coef), error={"summary": "bench prior", "test": q})
 
@@ -180,7 +182,7 @@ def evaluate(pred: LatencyPredictor, nets, ms) -> dict:
     from scipy.stats import spearmanr
 
     p = np.array([pred.predict_net(n) for n in nets])
-    q = scores(p, np.asarray(ms))
+    q = latency_quality(np.asarray(ms), p, within=(0.10,))
     q["spearman"] = float(spearmanr(p, ms).statistic)
     return q
 
@@ -189,7 +191,7 @@ def evaluate_pairs(pred, real) -> dict:
     """The same scores for one measurement taken as the prediction of another."""
     from scipy.stats import spearmanr
 
-    q = scores(np.asarray(pred), np.asarray(real))
+    q = latency_quality(np.asarray(real), np.asarray(pred), within=(0.10,))
     q["spearman"] = float(spearmanr(pred, real).statistic)
     return q
 

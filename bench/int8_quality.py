@@ -33,8 +33,9 @@ sys.path.insert(0, str(ROOT))
 
 from elastic.arch import Arch  # noqa: E402
 from elastic.spaces import get_space  # noqa: E402
-from predictors.measure import kendall_tau, measure_modules  # noqa: E402
-from predictors.profiles import write_json_atomic  # noqa: E402
+from predictors.atomic_files import write_json_atomic  # noqa: E402
+from predictors.measure import measure_modules  # noqa: E402
+from predictors.metrics import kendall_tau  # noqa: E402
 from predictors.quantize import int8_coverage, prepare, quantize, quantize_for_timing, saturating_cpu  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"

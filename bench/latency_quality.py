@@ -28,9 +28,10 @@ sys.path.insert(0, str(ROOT))
 from elastic.spaces import get_space  # noqa: E402
 from predictors.latency import get_latency_predictor  # noqa: E402
 from predictors.layers import net_features  # noqa: E402
-from predictors.measure import fit_measured_profile, measure_nets, quality  # noqa: E402
+from predictors.measure import fit_measured_profile, measure_nets  # noqa: E402
+from predictors.metrics import latency_quality  # noqa: E402
 from predictors.net_config import netspec_from_json  # noqa: E402
-from predictors.profiles import write_json_atomic  # noqa: E402
+from predictors.atomic_files import write_json_atomic  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data" / "latency" / "published_nets"
 
@@ -116,9 +117,9 @@ def main() -> None:
             first = np.asarray(prof.extra["measured_ms"][args.fit:])
             second = measure_nets(fresh, runtime=args.runtime, threads=args.threads, repeats=args.repeats,
                                   rounds=args.rounds, instances=args.instances)
-            r = quality(second, first)
+            r = latency_quality(first, second)
             pred = np.stack([net_features(n) for n in fresh]) @ prof.regression.coef
-            pr = quality(pred, second)
+            pr = latency_quality(second, pred)
             out["measured"]["repeatability"] = {"second_session_vs_first": r, "predictor_vs_second": pr,
                                                 "second_ms": second.tolist()}
             print(f"  the same {args.test} subnets timed again: {100 * r['within_10pct']:.0f}% within 10% of the first "

@@ -35,7 +35,8 @@ def main() -> None:
     from ofa.informative_images import informative_evaluator
     from ofa.run_dir import RunDir
     from ofa.training.evaluate import evaluate_arch
-    from predictors.accuracy import fit_accuracy_predictor, kendall_tau
+    from predictors.accuracy import fit_accuracy_predictor
+    from predictors.metrics import kendall_tau
 
     torch.set_num_threads(args.threads)
     rd = RunDir(args.run)

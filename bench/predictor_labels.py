@@ -106,7 +106,8 @@ def _load(out: Path, n_val: int):
 def analyse(args) -> None:
     from elastic.arch import Arch
     from ofa.run_dir import RunDir
-    from predictors.accuracy import fit_accuracy_predictor, kendall_tau
+    from predictors.accuracy import fit_accuracy_predictor
+    from predictors.metrics import kendall_tau
 
     space = RunDir(args.run).load_space()
     n_val = len(_bundle(args.run).val)

@@ -54,6 +54,7 @@ from elastic.arch import Arch  # noqa: E402
 from ofa import atomic  # noqa: E402
 from ofa.run_dir import RunDir  # noqa: E402
 from ofa.specialization import file_digest  # noqa: E402
+from predictors.metrics import kendall_tau  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GRID_BUDGETS = 24   # latency budgets, geometric, over 0.7x the fastest (or the floor) to 1.2x the slowest timm net
@@ -76,12 +77,6 @@ class Cache:
         self.data[key] = value
         if self.enabled:
             atomic.write_json(self.path, self.data)
-
-
-def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
-    from scipy.stats import kendalltau
-
-    return float(kendalltau(a, b).statistic) if len(a) > 1 else float("nan")
 
 
 def run_epochs(rd: RunDir, n_train: int) -> int:

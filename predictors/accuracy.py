@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -36,8 +35,10 @@ import numpy as np
 from elastic.arch import Arch
 from elastic.errors import OFAError
 from elastic.spaces import SpaceSpec, space_from_dict
+from predictors.atomic_files import write_bytes
 from predictors.domain import fit_domain_record, predictor_domain
 from predictors.encoding import OneHotEncoding, arch_arrays, rich_features
+from predictors.metrics import accuracy_quality, kendall_tau
 
 KINDS = ("mlp", "gbr", "gp", "ridge")
 FORMAT = "ofa-accuracy-predictor"
@@ -60,38 +61,6 @@ DEFAULT_HP: dict[str, dict[str, Any]] = {
 }
 # files written before `features` was a hyperparameter used these
 _LEGACY_FEATURES = {"mlp": "onehot", "gbr": "rich+onehot", "gp": "rich", "ridge": "rich+onehot"}
-
-
-# ------------------------------------------------------------------------------------------------
-# metrics
-def kendall_tau(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    from scipy.stats import kendalltau
-
-    if len(y_true) < 2:
-        return float("nan")
-    tau = kendalltau(y_true, y_pred).statistic
-    return float(tau) if tau == tau else 0.0  # constant predictions -> nan -> no ranking ability
-
-
-def topk_hit_rate(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> float:
-    """Fraction of the truly best k that the predictor also ranks in its best k."""
-    k = max(1, min(k, len(y_true)))
-    true_top = set(np.argsort(-np.asarray(y_true), kind="stable")[:k].tolist())
-    pred_top = set(np.argsort(-np.asarray(y_pred), kind="stable")[:k].tolist())
-    return len(true_top & pred_top) / k
-
-
-def quality(y_true: Sequence[float], y_pred: Sequence[float], top_fraction: float = 0.1) -> dict[str, float]:
-    y_true, y_pred = np.asarray(y_true, dtype=np.float64), np.asarray(y_pred, dtype=np.float64)
-    k = max(1, int(round(top_fraction * len(y_true))))
-    return {
-        "n": int(len(y_true)),
-        "rmse": float(np.sqrt(np.mean((y_true - y_pred) ** 2))),
-        "mae": float(np.mean(np.abs(y_true - y_pred))),
-        "kendall_tau": kendall_tau(y_true, y_pred),
-        "topk_k": k,
-        "topk_hit_rate": topk_hit_rate(y_true, y_pred, k),
-    }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -278,14 +247,14 @@ class AccuracyPredictor:
             for i, (w, b) in enumerate(self.layers):
                 tensors[f"layers.{i}.weight"], tensors[f"layers.{i}.bias"] = w, b
             doc["target"] = {"mean": self.y_mean, "std": self.y_std}
-            _atomic_write(d / WEIGHTS_NAME, save({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()},
+            write_bytes(d / WEIGHTS_NAME, save({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()},
                                                  metadata={"format": FORMAT, "kind": "mlp"}))
         else:
             doc["train"] = {"x": self.train_x.tolist(), "y": self.train_y.tolist()}
             probe = self.train_x[: min(16, len(self.train_x))]
             doc["check"] = {"rows": len(probe), "pred": self.predict_features(probe).tolist()}
-        _atomic_write(d / JSON_NAME, json.dumps(doc).encode())
-        _atomic_write(d / REPORT_NAME, json.dumps(self.report, indent=2).encode())
+        write_bytes(d / JSON_NAME, json.dumps(doc).encode())
+        write_bytes(d / REPORT_NAME, json.dumps(self.report, indent=2).encode())
         return d
 
     @classmethod
@@ -350,23 +319,6 @@ class AccuracyPredictor:
         return f"AccuracyPredictor(kind={self.kind!r}, space={self.space.name!r}" + (f", holdout_tau={tau:.3f})" if tau is not None else ")")
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 # ------------------------------------------------------------------------------------------------
 def check_dataset_size(n: int, folds: int, holdout: float) -> None:
     """OFAError when `n` measured subnets are too few for `folds`-fold CV plus a `holdout` fraction."""
@@ -423,7 +375,7 @@ def fit_accuracy_predictor(space: SpaceSpec, archs: Sequence[Arch], accs: Sequen
                               "folds": folds, "seed": seed, "cv": cv}
     if n_hold:
         m = AccuracyPredictor._fit_xy(chosen, space, enc, dict(params[chosen]), feats[chosen][train_idx], y[train_idx])
-        report["holdout"] = quality(y[hold_idx], m.predict_features(feats[chosen][hold_idx]))
+        report["holdout"] = accuracy_quality(y[hold_idx], m.predict_features(feats[chosen][hold_idx]))
     final = AccuracyPredictor._fit_xy(chosen, space, enc, dict(params[chosen]), feats[chosen], y)
     report["final_fit"] = "all rows (held-out metrics come from the same kind fit without the held-out rows)"
     final.report = report

@@ -26,6 +26,7 @@ from elastic.netspec import NetSpec
 from predictors.domain import domain_of_nets
 from predictors.layer_regression import LayerRegression, nnls_relative
 from predictors.layers import FEATURES, N_FEATURES, Layer, layer_features, net_layers
+from predictors.metrics import latency_quality
 from predictors.profiles import Profile, profile_from_dict
 
 PRIOR_TERMS = ("prior:dense", "prior:k3", "prior:k5", "prior:k7")
@@ -139,16 +140,6 @@ def loo_predictions(T: np.ndarray, y: np.ndarray, model: str) -> np.ndarray:
     return pred
 
 
-def scores(pred: np.ndarray, real: np.ndarray) -> dict[str, float]:
-    from scipy.stats import kendalltau
-
-    rel = np.abs(pred - real) / real
-    tau = float(kendalltau(pred, real).statistic) if len(real) > 1 else float("nan")
-    return {"mape_pct": float(100 * rel.mean()), "max_err_pct": float(100 * rel.max()),
-            "within_10pct": float((rel <= 0.10).mean()), "kendall_tau": tau if tau == tau else 0.0,
-            "n": int(len(real))}
-
-
 @dataclass
 class FitResult:
     model: str
@@ -189,7 +180,7 @@ def fit_terms(T: np.ndarray, y: np.ndarray, has_prior: bool, model: str = "auto"
         row: dict[str, Any] = {"model": m, "params": n_params(m), "needs": nets_needed(m)}
         if m in usable:
             preds[m] = loo_predictions(T, y, m)
-            row["loo"] = scores(preds[m], y)
+            row["loo"] = latency_quality(y, preds[m], within=(0.10,))
         rows.append(row)
     best = min(r["loo"]["mape_pct"] for r in rows if "loo" in r)
     tied = [r for r in rows if "loo" in r and r["loo"]["mape_pct"] <= best * (1 + tie) + 1e-12]
@@ -201,7 +192,7 @@ def fit_terms(T: np.ndarray, y: np.ndarray, has_prior: bool, model: str = "auto"
     for col, c in zip(CANDIDATES[chosen], sol):
         for t in col:
             coef[t] = float(c)
-    return FitResult(chosen, coef, scores(preds[chosen], y), rows, preds[chosen])
+    return FitResult(chosen, coef, latency_quality(y, preds[chosen], within=(0.10,)), rows, preds[chosen])
 
 
 def fit_timings(nets: Sequence[NetSpec], ms: Sequence[float], name: str, prior: Profile | None = None,

@@ -22,6 +22,7 @@ from elastic.spaces import SpaceSpec
 from predictors.domain import domain_of_nets
 from predictors.layer_regression import LayerRegression, fit_relative
 from predictors.layers import net_features
+from predictors.metrics import latency_quality
 from predictors.profiles import Profile
 
 RUNTIMES = ("onnxruntime", "torch")
@@ -298,19 +299,6 @@ def robust_latency(T: np.ndarray, window: int = 8) -> np.ndarray:
     return med
 
 
-def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
-    from scipy.stats import kendalltau
-
-    return float(kendalltau(a, b).statistic)
-
-
-def quality(pred: np.ndarray, real: np.ndarray) -> dict:
-    rel = np.abs(pred - real) / real
-    return {"mape_pct": float(100 * rel.mean()), "max_err_pct": float(100 * rel.max()),
-            "within_10pct": float((rel <= 0.10).mean()), "within_20pct": float((rel <= 0.20).mean()),
-            "kendall_tau": kendall_tau(pred, real), "n": int(len(real))}
-
-
 def fit_measured_profile(space: SpaceSpec, name: str = "cpu", device: str = "cpu", runtime: str = "onnxruntime",
                          threads: int = 1, n_fit: int = 100, n_test: int = 20, seed: int = 0,
                          warmup: int = 5, repeats: int = 2, rounds: int = 30,
@@ -337,8 +325,8 @@ def fit_measured_profile(space: SpaceSpec, name: str = "cpu", device: str = "cpu
     F = np.stack([net_features(n) for n in nets])
     coef = fit_relative(F[:n_fit], ms[:n_fit])
     reg = LayerRegression(coef)
-    fit_q = quality(F[:n_fit] @ coef, ms[:n_fit])
-    test_q = quality(F[n_fit:] @ coef, ms[n_fit:])
+    fit_q = latency_quality(ms[:n_fit], F[:n_fit] @ coef)
+    test_q = latency_quality(ms[n_fit:], F[n_fit:] @ coef)
     summary = (f"MAPE {test_q['mape_pct']:.1f}%, {100 * test_q['within_10pct']:.0f}% within 10%, "
                f"tau {test_q['kendall_tau']:.2f} on {n_test} fresh subnets")
     import platform

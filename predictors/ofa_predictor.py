@@ -19,6 +19,7 @@ import numpy as np
 from elastic.errors import OFAError
 from elastic.spaces import get_space
 from predictors.accuracy import AccuracyPredictor
+from predictors.atomic_files import write_bytes
 from predictors.domain import Domain
 from predictors.encoding import OneHotEncoding
 
@@ -84,20 +85,15 @@ def load_ofa_predictor(path: str | os.PathLike | None = None) -> AccuracyPredict
 
 def convert_ofa_predictor(pth: str | os.PathLike, out: str | os.PathLike = SHIPPED) -> Path:
     """Convert OFA's `.pth` state dict to the shipped safetensors file (keys and values unchanged)."""
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     src = Path(pth)
     tensors = _read_tensors(src)
     _check(tensors, src)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}, str(tmp),
-              metadata={"source": "Once-for-All mbv3-w1.2_imagenet_acc_predictor.pth", "license": "MIT",
+    data = save({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()},
+                metadata={"source": "Once-for-All mbv3-w1.2_imagenet_acc_predictor.pth", "license": "MIT",
                         "attribution": ATTRIBUTION, "encoding": "OFA one-hot: 60 kernel, 60 expand, 8 resolution ((r-112)//16)"})
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, out)
-    return out
+    return write_bytes(out, data)
 
 
 if __name__ == "__main__":  # python -m predictors.ofa_predictor ORIGINAL.pth  (maintainers: regenerate the shipped file)

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from elastic.errors import OFAError
+from predictors.atomic_files import write_json_atomic
 from predictors.domain import Domain
 from predictors.layer_regression import LayerRegression
 from predictors.layers import OPS
@@ -80,21 +80,6 @@ class Profile:
 
     def save(self, path: str | Path) -> Path:
         return write_json_atomic(Path(path), self.to_dict())
-
-
-def write_json_atomic(path: Path, data: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def profile_from_dict(data: Any, source: str) -> Profile:

@@ -1,12 +1,13 @@
 """Plot a search's Pareto front: predicted accuracy vs. latency (or MACs), MACs as colour and marker size."""
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 from elastic.errors import OFAError
+from predictors.atomic_files import write_bytes
 
 
 def plot_pareto(points: Sequence[dict[str, Any]], path: str | os.PathLike, *, chosen: Sequence[Any] = (),
@@ -44,19 +45,12 @@ def plot_pareto(points: Sequence[dict[str, Any]], path: str | os.PathLike, *, ch
     ax.grid(alpha=0.3)
     fig.tight_layout()
 
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".png")
-    os.close(fd)
+    buf = io.BytesIO()
     try:
-        fig.savefig(tmp, format="png")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
+        fig.savefig(buf, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
+    return write_bytes(path, buf.getvalue())
 
 
 __all__ = ["plot_pareto"]

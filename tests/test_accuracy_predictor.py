@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from elastic import OFAError, get_space
-from predictors.accuracy import AccuracyPredictor, fit_accuracy_predictor, format_report, quality, topk_hit_rate
+from predictors.accuracy import AccuracyPredictor, fit_accuracy_predictor, format_report
+from predictors.metrics import accuracy_quality, topk_hit_rate
 from predictors.encoding import OneHotEncoding, arch_arrays, arch_macs_params, rich_features
 from predictors.ofa_predictor import SHIPPED, load_ofa_predictor
 
@@ -80,13 +81,13 @@ def test_cross_validated_fit_ranks_held_out_subnets():
     assert "held out" in format_report(rep)
     # prediction on fresh archs stays sensible
     _, fresh, facc = synthetic(60, seed=7)
-    assert quality(facc, pred.predict(fresh))["kendall_tau"] > 0.7
+    assert accuracy_quality(facc, pred.predict(fresh))["kendall_tau"] > 0.7
 
 
 def test_mlp_fits_and_round_trips_exactly(tmp_path):
     sp, archs, acc = synthetic(160)
     pred = AccuracyPredictor.fit(sp, archs[:120], acc[:120], kind="mlp", steps=200, hidden=[64, 64])
-    q = quality(acc[120:], pred.predict(archs[120:]))
+    q = accuracy_quality(acc[120:], pred.predict(archs[120:]))
     assert q["kendall_tau"] > 0.5 and q["rmse"] < 0.02
     pred.save(tmp_path)
     assert (tmp_path / "accuracy_predictor.safetensors").exists() and (tmp_path / "accuracy_report.json").exists()
