@@ -167,24 +167,6 @@ class SpaceSpec:
             r=rng.choice(r_c),
         )
 
-    def mutate(self, arch: Arch, rng: random.Random, prob: float = 0.1) -> Arch:
-        """Resample each entry with probability `prob` (as OFA's evolution does)."""
-        ks = tuple(rng.choice(self.ks_choices) if rng.random() < prob else k for k in arch.ks)
-        e = tuple(rng.choice(self.e_choices) if rng.random() < prob else v for v in arch.e)
-        d = tuple(rng.choice(self.depth_choices(s)) if rng.random() < prob else v for s, v in enumerate(arch.d))
-        r = rng.choice(self.resolutions) if rng.random() < prob else arch.r
-        return Arch(ks=ks, e=e, d=d, r=r)
-
-    def crossover(self, a: Arch, b: Arch, rng: random.Random) -> Arch:
-        """Each entry taken from either parent with probability 1/2."""
-        pick = lambda x, y: x if rng.random() < 0.5 else y  # noqa: E731
-        return Arch(
-            ks=tuple(pick(x, y) for x, y in zip(a.ks, b.ks)),
-            e=tuple(pick(x, y) for x, y in zip(a.e, b.e)),
-            d=tuple(pick(x, y) for x, y in zip(a.d, b.d)),
-            r=pick(a.r, b.r),
-        )
-
     # ---- the static network an arch denotes ------------------------------------------------------
     def net_spec(self, arch: Arch) -> NetSpec:
         self.validate(arch)
