@@ -43,7 +43,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -337,7 +337,38 @@ def train_timm(name: str, bundle, resolution: int, epochs: int, settings: dict[s
 
 
 # ------------------------------------------------------------------------------------------------ main
-def main() -> None:
+class BenchSetup(NamedTuple):
+    """The run under test and the bench's settings (`--quick` applied)."""
+    args: argparse.Namespace
+    rd: RunDir
+    space: Any
+    pred: Any                  # the run's accuracy predictor (None with --timm-only)
+    bundle: Any                # the run's data
+    quick: bool
+    n_archs: int               # random subnets for the predictor check
+    calib: int                 # BN calibration images
+    models: list[str]          # timm models
+    epochs: int                # timm training epochs
+    max_steps: int | None      # timm training steps per epoch (None: the whole training set)
+    resolution: int            # the data's own resolution (the space's largest)
+    rounds: int                # latency measurement rounds
+    cache: Cache
+    sn_hash: str               # the supernet's digest ("-" with --timm-only)
+    t_start: float
+
+
+class DeviceSession(NamedTuple):
+    """The device specialized for, and the first measurement session: the timm nets beside the space's anchors."""
+    device: str                          # profile name or file
+    device_name: str
+    anchors: dict[str, Arch]
+    anchor_pred: dict[str, float]        # profile milliseconds
+    anchor_nets: dict[str, torch.nn.Module]
+    first: dict[str, float]              # measured milliseconds (timm nets and anchors)
+    scale: float                         # measured / profile milliseconds in this session
+
+
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", help="trained run directory with a fitted accuracy predictor")
     ap.add_argument("--from-results", nargs="+", type=Path, metavar="JSON",
@@ -362,22 +393,29 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true",
                     help="tiny settings (6 archs, 2 timm models, 1 epoch of <= 20 steps, 256 calibration images)")
     args = ap.parse_args()
-    if args.from_results:
-        for path in args.from_results:
-            out = corrected_from_results(path)
-            print(f"{path} ({out['n_test_images']} test images):")
-            print_corrected(out["comparison"])
-            for row in out["skipped"]:
-                print(f"  {row['timm']}: not recomputed ({row['why'][:120]})")
-            dest = path.with_name(f"{path.stem}_corrected.json")
-            atomic.write_json(dest, out)
-            print(f"wrote {dest}\n")
-        return
-    if args.run is None:
-        ap.error("--run is required (or --from-results)")
-    if args.timm_only and args.epochs is None:
-        raise SystemExit("--timm-only needs --epochs (the run may still be training: its epoch count is not final)")
+    if not args.from_results:
+        if args.run is None:
+            ap.error("--run is required (or --from-results)")
+        if args.timm_only and args.epochs is None:
+            raise SystemExit("--timm-only needs --epochs (the run may still be training: its epoch count is not final)")
+    return args
 
+
+def recompute_from_results(paths: list[Path]) -> None:
+    """`--from-results`: each stored result's timm comparison recomputed and printed, written beside it."""
+    for path in paths:
+        out = corrected_from_results(path)
+        print(f"{path} ({out['n_test_images']} test images):")
+        print_corrected(out["comparison"])
+        for row in out["skipped"]:
+            print(f"  {row['timm']}: not recomputed ({row['why'][:120]})")
+        dest = path.with_name(f"{path.stem}_corrected.json")
+        atomic.write_json(dest, out)
+        print(f"wrote {dest}\n")
+
+
+def load_setup(args: argparse.Namespace) -> BenchSetup:
+    """The run (space, predictor, data, supernet digest) and the settings, with `--quick`'s applied."""
     torch.set_num_threads(args.threads)
     rd = RunDir(args.run)
     space = rd.load_space()
@@ -401,8 +439,17 @@ def main() -> None:
     t_start = time.time()
     print(f"run {rd.path}: space {space.name}, data {bundle.name}, supernet {sn_hash}, "
           f"predictor {pred.kind if pred else '-'}")
+    return BenchSetup(args, rd, space, pred, bundle, quick, n_archs, calib, models, epochs, max_steps, resolution,
+                      rounds, cache, sn_hash, t_start)
 
-    # ---- (b1) timm baselines: train (cached), then measure side by side later
+
+def train_timm_baselines(setup: BenchSetup) -> tuple[dict[str, Any], dict[str, dict[str, Any]],
+                                                     dict[str, torch.nn.Module], list]:
+    """(b1) The timm baselines trained from scratch (cached), every seed: (training settings, a row per model, an
+    untrained module per model for timing, the calibration batches at the data's resolution)."""
+    args, rd, bundle, cache = setup.args, setup.rd, setup.bundle, setup.cache
+    models, epochs, max_steps = setup.models, setup.epochs, setup.max_steps
+    quick, calib, resolution = setup.quick, setup.calib, setup.resolution
     settings = train_settings(rd)
     if settings["source"] != "train_state.pt":   # the timm nets would not train like the supernet did
         if args.timm_only:   # and the full bench, reading the run's settings later, would not find them
@@ -444,12 +491,15 @@ def main() -> None:
         timm_rows[name] = {"model": name, "test_accuracy": float(np.mean(accs)), "test_accuracy_min": min(accs),
                            "test_accuracy_max": max(accs), "seeds": runs, "epochs": epochs}
         timm_models[name] = timm.create_model(name, pretrained=False, num_classes=bundle.n_classes, in_chans=3)
-    if args.timm_only:
-        print(f"timm baselines trained and cached in {cache.path} ({time.time() - t_start:.0f} s)", flush=True)
-        return
+    return settings, timm_rows, timm_models, timm_calib
 
-    # ---- (b2) timm latency on this CPU, then specialize for the device at each timm latency
-    device = cpu_profile(space, args.device, quick, 1, rd.path)
+
+def measure_timm_latency(setup: BenchSetup, timm_rows: dict[str, dict[str, Any]],
+                         timm_models: dict[str, torch.nn.Module]) -> DeviceSession:
+    """(b2) The device profile, and the timm nets' latency on this CPU measured beside the space's anchor subnets
+    (each timm row gets its `latency_ms`)."""
+    space, resolution, rounds = setup.space, setup.resolution, setup.rounds
+    device = cpu_profile(space, setup.args.device, setup.quick, 1, setup.rd.path)
     from predictors.profiles import load_profile
 
     device_name = load_profile(device).name
@@ -463,16 +513,23 @@ def main() -> None:
                    for k, a in anchors.items()}
     first = measure_modules({**timm_models, **anchor_nets}, space.in_channels, resolution, threads=1, rounds=rounds)
     scale = session_scale(first, anchor_pred)
-    for name in models:
+    for name in setup.models:
         timm_rows[name]["latency_ms"] = first[name]
-    from ofa.specialization import specialize
+    return DeviceSession(device, device_name, anchors, anchor_pred, anchor_nets, first, scale)
 
-    # A grid of budgets over the timm nets' latency range: the profile's error (a few %) and the spread between two
-    # measurement sessions would otherwise leave "equal latency" to chance. The grid is in the profile's
-    # milliseconds, so the timm latencies of this session are divided by the session's scale (anchors measured
-    # beside them); it starts at the space's floor when a timm net is faster than that and ends at the space's
-    # largest subnet when a timm net is slower than that. Every net is then measured side by side with the timm
-    # nets, and each timm net is matched with the most accurate of ours measured at or below it in that session.
+
+def budget_grid(setup: BenchSetup, session: DeviceSession, timm_rows: dict[str, dict[str, Any]]
+                ) -> tuple[list[tuple[str, float, int | None]], float, float]:
+    """(label, budget in profile ms, resolution or None) of every search, the space's floor and ceiling (profile ms).
+
+    A grid of budgets over the timm nets' latency range: the profile's error (a few %) and the spread between two
+    measurement sessions would otherwise leave "equal latency" to chance. The grid is in the profile's
+    milliseconds, so the timm latencies of this session are divided by the session's scale (anchors measured
+    beside them); it starts at the space's floor when a timm net is faster than that and ends at the space's
+    largest subnet when a timm net is slower than that. Every net is then measured side by side with the timm
+    nets, and each timm net is matched with the most accurate of ours measured at or below it in that session."""
+    space, resolution, models = setup.space, setup.resolution, setup.models
+    anchors, anchor_pred, scale, device_name = session.anchors, session.anchor_pred, session.scale, session.device_name
     lats = [timm_rows[n]["latency_ms"] / scale for n in models]
     floor = min(v for k, v in anchor_pred.items() if "smallest" in k)
     ceiling = max(v for k, v in anchor_pred.items() if "largest" in k)   # above it every budget gives the largest
@@ -492,35 +549,57 @@ def main() -> None:
         native_floor = anchor_pred[f"anchor:smallest@{resolution}"]
         native = sorted({at_floor(native_floor)} | {b for b in budgets if b >= 1.002 * native_floor})
         grid += [(f"{b:g}ms-r{resolution}", b, resolution) for b in native]
+    return grid, floor, ceiling
+
+
+def specialize_grid(setup: BenchSetup, device: str, grid: list[tuple[str, float, int | None]]) -> dict[str, Any]:
+    """`ofa specialize` at every budget of the grid: label -> Specialized, or the exception an infeasible budget
+    raised (a result too)."""
+    from ofa.specialization import specialize
+
     specs: dict[str, Any] = {}
-    budget_of = {label: b for label, b, _ in grid}
     for label, b, res in grid:
         try:
-            (s,) = specialize(rd.path, device=device, latency=b, calib_images=calib, measure=False, seed=args.seed,
-                              resolution=res)
+            (s,) = specialize(setup.rd.path, device=device, latency=b, calib_images=setup.calib, measure=False,
+                              seed=setup.args.seed, resolution=res)
             specs[label] = s
         except Exception as exc:  # an infeasible budget (timm net faster than any subnet) is a result too
             specs[label] = exc
             print(f"    {label}: {exc}")
-    # measured side by side with the timm nets that set the budgets (same session, same procedure, same 32-px
-    # input: each of ours resizes it to its own resolution inside the timed module); two runtime sessions each
+    return specs
+
+
+def measure_side_by_side(setup: BenchSetup, session: DeviceSession, specs: dict[str, Any],
+                         timm_models: dict[str, torch.nn.Module], floor: float, ceiling: float
+                         ) -> tuple[dict[str, float], dict[str, Any]]:
+    """Our specialized nets measured side by side with the timm nets that set the budgets (same session, same
+    procedure, same input: each of ours resizes it to its own resolution inside the timed module), two runtime
+    sessions each: (latency per net, the session's record: scales, floor, ceiling, anchors)."""
     from ofa import load
 
+    space, resolution, rounds, quick = setup.space, setup.resolution, setup.rounds, setup.quick
+    anchors, anchor_pred, first = session.anchors, session.anchor_pred, session.first
     ours = {f"ofa@{label}": ResizedInput(load(s.path), s.arch.r, resolution).eval() for label, s in specs.items()
             if not isinstance(s, Exception)}
-    both = measure_modules({**ours, **timm_models, **anchor_nets}, space.in_channels, resolution, threads=1,
+    both = measure_modules({**ours, **timm_models, **session.anchor_nets}, space.in_channels, resolution, threads=1,
                            rounds=rounds, instances=1 if quick else 2)
-    latency_session = {"scale_first": scale, "scale_side_by_side": session_scale(both, anchor_pred),
+    latency_session = {"scale_first": session.scale, "scale_side_by_side": session_scale(both, anchor_pred),
                        "floor_profile_ms": floor, "ceiling_profile_ms": ceiling,
                        "anchors": {k: {"arch": anchors[k].to_dict(), "predicted_ms": anchor_pred[k],
                                        "first_ms": first[k], "side_by_side_ms": both[k]} for k in anchors}}
+    return both, latency_session
 
-    # ---- (a) predictor vs. reality on random subnets (+ the specialized ones)
+
+def evaluate_subnets(setup: BenchSetup, specs: dict[str, Any], timm_calib: list) -> list[dict[str, Any]]:
+    """(a) Random held-out subnets (size-spread, none the predictor was fitted on) and every specialized net,
+    extracted, BN-recalibrated and evaluated (cached): points with their test (`real`) and validation accuracy."""
     from elastic.bn_calibration import recalibrate_bn
-    from ofa.training.evaluate import accuracy
+    from ofa.training.evaluate import accuracy, calibration_batches
 
     from ofa.accuracy_data import dataset_paths, plan_subnets, read_dataset
 
+    args, rd, space, bundle, cache = setup.args, setup.rd, setup.space, setup.bundle, setup.cache
+    n_archs, calib, resolution, sn_hash = setup.n_archs, setup.calib, setup.resolution, setup.sn_hash
     csv_path = dataset_paths(rd.path)[0]
     fitted_on = set(read_dataset(csv_path).archs) if csv_path.exists() else set()
     plan = plan_subnets(space, 4 * n_archs + len(fitted_on) + 8, seed=args.seed + 7919)   # size-spread draws
@@ -544,28 +623,40 @@ def main() -> None:
             cache.put(key, got)
         p["real"], p["val"] = got["test"], got["val"]
         print(f"    subnet {i + 1}/{len(points)} ({p['kind']}): test {p['real']:.2%}, val {p['val']:.2%}", flush=True)
+    return points
+
+
+def predictor_check(pred: Any, points: list[dict[str, Any]]) -> dict[str, Any]:
+    """The accuracy predictor against the measured test and validation accuracies of `points` (each point gets
+    its `predicted` accuracy)."""
     predicted = pred.predict([Arch.from_dict(p["arch"]) for p in points])
     for p, q in zip(points, predicted):
         p["predicted"] = float(q)
     real = np.array([p["real"] for p in points])
     val = np.array([p["val"] for p in points])
     err = np.abs(real - predicted)
-    predictor = {"n": len(points), "mean_abs_error_points": 100 * float(err.mean()),
-                 "max_abs_error_points": 100 * float(err.max()), "kendall_tau": kendall_tau(real, predicted),
-                 "mean_signed_error_points": 100 * float((real - predicted).mean()),
-                 "val_mean_abs_error_points": 100 * float(np.abs(val - predicted).mean()),
-                 "val_kendall_tau": kendall_tau(val, predicted),
-                 "val_to_test_gap_points": 100 * float((real - val).mean()),
-                 "target_mean_abs_error_points": 0.5, "meets_target": bool(100 * err.mean() <= 0.5),
-                 "predictor_report": {k: pred.report.get(k) for k in ("chosen", "n_rows", "holdout")}}
+    return {"n": len(points), "mean_abs_error_points": 100 * float(err.mean()),
+            "max_abs_error_points": 100 * float(err.max()), "kendall_tau": kendall_tau(real, predicted),
+            "mean_signed_error_points": 100 * float((real - predicted).mean()),
+            "val_mean_abs_error_points": 100 * float(np.abs(val - predicted).mean()),
+            "val_kendall_tau": kendall_tau(val, predicted),
+            "val_to_test_gap_points": 100 * float((real - val).mean()),
+            "target_mean_abs_error_points": 0.5, "meets_target": bool(100 * err.mean() <= 0.5),
+            "predictor_report": {k: pred.report.get(k) for k in ("chosen", "n_rows", "holdout")}}
 
-    # ---- report: each timm net against the net picked by validation accuracy among ours measured at or below its
-    # latency (and, beside it, by predicted accuracy); the test accuracy of the pick, with a 95% interval
-    n_test = len(bundle.test)
+
+def compare_with_timm(setup: BenchSetup, session: DeviceSession, grid: list[tuple[str, float, int | None]],
+                      specs: dict[str, Any], both: dict[str, float], timm_rows: dict[str, dict[str, Any]],
+                      points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A row per timm net against the net picked by validation accuracy among ours measured at or below its
+    latency (and, beside it, by predicted accuracy); the test accuracy of the pick, with a 95% interval."""
+    space, anchor_nets = setup.space, session.anchor_nets
+    budget_of = {label: b for label, b, _ in grid}
+    n_test = len(setup.bundle.test)
     rows = []
     feasible = [(label, s) for label, s in specs.items() if not isinstance(s, Exception)]
     cands = candidates_from_points(points, {label: both[f"ofa@{label}"] for label, _ in feasible})
-    for name in models:
+    for name in setup.models:
         t = timm_rows[name]
         row = {"timm": name, "timm_latency_ms": both[name], "timm_test_accuracy": t["test_accuracy"],
                "timm_test_accuracy_range": [t["test_accuracy_min"], t["test_accuracy_max"]], "timm_seeds": t["seeds"]}
@@ -593,6 +684,11 @@ def main() -> None:
                                         "val_accuracy": c["val"], "predicted_accuracy": c["predicted"],
                                         "test_accuracy": c["test"]} for c in cands])
         rows.append(row)
+    return rows
+
+
+def print_report(rows: list[dict[str, Any]], predictor: dict[str, Any]) -> None:
+    """The comparison table, every pick, and the predictor's errors."""
     print()
     print(f"{'timm model':24s} {'lat ms':>8s} {'acc: mean (range over seeds)':>29s} | ours, picked by validation: "
           f"{'lat ms':>7s} {'(pred)':>7s} {'test acc [95% CI]':>21s} {'gain':>6s}")
@@ -618,15 +714,49 @@ def main() -> None:
           f"Kendall tau {predictor['kendall_tau']:.3f}; on the validation split it predicts: mean |val - predicted| "
           f"{predictor['val_mean_abs_error_points']:.2f} points, tau {predictor['val_kendall_tau']:.3f}; "
           f"test - val {predictor['val_to_test_gap_points']:+.2f} points on average")
-    out = {"run": str(rd.path), "space": space.name, "data": bundle.config, "supernet_sha256_16": sn_hash,
-           "device": device_name, "device_profile": device, "quick": quick, "epochs": epochs, "subset": args.subset, "train_settings": settings,
-           "resolution": resolution, "n_test_images": n_test, "latency_session": latency_session, "comparison": rows,
-           "predictor": predictor, "points": points,
-           "seconds": time.time() - t_start}
+
+
+def write_results(setup: BenchSetup, session: DeviceSession, settings: dict[str, Any],
+                  latency_session: dict[str, Any], rows: list[dict[str, Any]], predictor: dict[str, Any],
+                  points: list[dict[str, Any]]) -> None:
+    """bench/results/specialize_quality_<run>.json (`--quick`: RUN/bench/specialize_quality_quick.json)."""
+    rd, bundle, quick = setup.rd, setup.bundle, setup.quick
+    out = {"run": str(rd.path), "space": setup.space.name, "data": bundle.config, "supernet_sha256_16": setup.sn_hash,
+           "device": session.device_name, "device_profile": session.device, "quick": quick, "epochs": setup.epochs,
+           "subset": setup.args.subset, "train_settings": settings,
+           "resolution": setup.resolution, "n_test_images": len(bundle.test), "latency_session": latency_session,
+           "comparison": rows, "predictor": predictor, "points": points,
+           "seconds": time.time() - setup.t_start}
     dest = (rd.path / "bench" / "specialize_quality_quick.json" if quick
             else RESULTS / f"specialize_quality_{rd.path.name}.json")
     atomic.write_json(dest, out)
     print(f"wrote {dest} ({out['seconds']:.0f} s)")
+
+
+def main() -> None:
+    args = parse_args()
+    if args.from_results:
+        recompute_from_results(args.from_results)
+        return
+    setup = load_setup(args)
+    # ---- (b1) timm baselines: train (cached), then measure side by side later
+    settings, timm_rows, timm_models, timm_calib = train_timm_baselines(setup)
+    if args.timm_only:
+        print(f"timm baselines trained and cached in {setup.cache.path} ({time.time() - setup.t_start:.0f} s)",
+              flush=True)
+        return
+    # ---- (b2) timm latency on this CPU, then specialize for the device at each timm latency
+    session = measure_timm_latency(setup, timm_rows, timm_models)
+    grid, floor, ceiling = budget_grid(setup, session, timm_rows)
+    specs = specialize_grid(setup, session.device, grid)
+    both, latency_session = measure_side_by_side(setup, session, specs, timm_models, floor, ceiling)
+    # ---- (a) predictor vs. reality on random subnets (+ the specialized ones)
+    points = evaluate_subnets(setup, specs, timm_calib)
+    predictor = predictor_check(setup.pred, points)
+    # ---- report: each timm net against the pick among ours; the test accuracy of the pick, with a 95% interval
+    rows = compare_with_timm(setup, session, grid, specs, both, timm_rows, points)
+    print_report(rows, predictor)
+    write_results(setup, session, settings, latency_session, rows, predictor, points)
 
 
 if __name__ == "__main__":

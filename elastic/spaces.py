@@ -149,7 +149,7 @@ class SpaceSpec:
         e = tuple(v if i in active else min(self.e_choices) for i, v in enumerate(arch.e))
         return replace(arch, ks=ks, e=e)
 
-    # ---- sampling, mutation, crossover ---------------------------------------------------------
+    # ---- sampling -------------------------------------------------------------------------------
     def sample(self, rng: random.Random, ks: Sequence[int] | None = None, e: Sequence[int] | None = None,
                d: Sequence[int] | None = None, r: Sequence[int] | None = None) -> Arch:
         """A uniformly random arch; optional choice lists restrict each dimension (progressive shrinking)."""

@@ -20,7 +20,7 @@ def test_arch_json_round_trip_and_hash():
 
 @pytest.mark.parametrize("name", sorted(SPACES))
 def test_samples_stay_valid(name):
-    """(Mutation and crossover live in specialize/evolution.py's Genome, tested in tests/test_evolution.py.)"""
+    """(Mutation and crossover live in specialize/genome.py's Genome, tested in tests/test_evolution.py.)"""
     sp = get_space(name, n_classes=10)
     rng = random.Random(1)
     for _ in range(50):

@@ -9,7 +9,8 @@ from elastic.spaces import SPACES
 from predictors.latency import get_latency_predictor
 from predictors.ofa_predictor import load_ofa_predictor
 from specialize.budget import Constraints
-from specialize.evolution import Genome, pareto_sweep, search
+from specialize.evolution import pareto_sweep, search
+from specialize.genome import Genome
 from specialize.pareto_plot import plot_pareto
 
 FAST = dict(population=40, patience=8, init_samples=400)
@@ -33,6 +34,18 @@ def test_genome_round_trip_and_canonical_match_the_space():
         for a in gen.to_archs(gen.random(np.random.default_rng(0), 50, size_bias=True)):
             sp.validate(a)
 
+
+
+@pytest.mark.parametrize("name", sorted(SPACES))
+def test_mutants_and_crossovers_stay_in_the_space(name):
+    """The search breeds with Genome.mutate / Genome.crossover: every child decodes to an arch of the space."""
+    sp = get_space(name, n_classes=10)
+    gen = Genome(sp)
+    rng = np.random.default_rng(1)
+    a, b = gen.random(rng, 50), gen.random(rng, 50)
+    for child in (gen.mutate(a, rng, 0.5), gen.crossover(a, b, rng)):
+        for arch in gen.to_archs(child):
+            sp.validate(arch)
 
 def test_search_beats_random_sampling_and_meets_the_budget(setup):
     space, acc, lat = setup
