@@ -7,6 +7,9 @@ elastic block, stage by stage, `stage_max_depth[s]` per stage), `final_expand` (
 """
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator, Sequence
+
 import torch
 import torch.nn as nn
 
@@ -70,6 +73,17 @@ class Supernet(ClassifierHead):
 
     def smallest(self, r: int | None = None) -> Arch:
         return self.space.smallest(r)
+
+    @contextlib.contextmanager
+    def running_blocks(self, modules: Sequence[nn.Module]) -> Iterator[None]:
+        """Forward through these modules instead of the active arch's blocks (the stem, the fixed first block and
+        the head stay the supernet's own), until the `with` block ends; the active arch is left as it is."""
+        saved = self._active_blocks
+        self._active_blocks = list(modules)
+        try:
+            yield
+        finally:
+            self._active_blocks = saved
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks[0](self.stem(x))

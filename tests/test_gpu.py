@@ -140,7 +140,7 @@ def test_fit_predictor_and_specialize_on_the_device(trained, tmp_path, capsys):
 
 
 def test_proxyless_search_from_scratch_on_the_device(tmp_path):
-    from ofa.commands.proxyless_search import proxyless_search
+    from ofa.proxyless_pipeline import proxyless_search
 
     summary = proxyless_search(space="proxyless-w1.3-small", data="digits", device="pixel1", budget="200ms",
                                resolution=24, batch_size=16, warmup_steps=2, search_steps=3, budget_rounds=1,

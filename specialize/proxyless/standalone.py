@@ -6,7 +6,7 @@ and, every `arch_every` steps, the architecture parameters with the two-path gat
 Afterwards the argmax architecture must meet the latency budget: if it does not, the latency term is strengthened
 and the architecture trained `budget_steps` more steps, up to `budget_rounds` times; if it still misses, the
 choices are moved greedily to cheaper candidates (least probability given up per latency saved) and the
-result says so in `note`.
+result says so in `note` (meet_budget.py, shared with the search over a supernet).
 
 Data reach this module as iterators of (images, labels) batches; building data sets and training the found
 network from scratch are the caller's (the `ofa proxyless-search` command's) business.
@@ -19,7 +19,6 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from elastic.arch import Arch
 from elastic.errors import OFAError
@@ -27,8 +26,8 @@ from elastic.netspec import NetSpec
 from specialize.proxyless.arch_step import (LossSettings, ReinforceState, arch_step, make_arch_optimizer,
                                             weight_step)
 from specialize.proxyless.expected_latency import OpLatencyTable
-from specialize.proxyless.feasible import greedy_to_budget
 from specialize.proxyless.gates import weight_parameters
+from specialize.proxyless.meet_budget import meet_budget
 from specialize.proxyless.overparam import OverParamNet
 
 Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
@@ -110,32 +109,20 @@ def search_standalone(net: OverParamNet, table: OpLatencyTable, train_batches: B
     for step in range(cfg.search_steps):
         one(step, "search", step % cfg.arch_every == 0, cfg.search_steps)
 
-    feasible_by, note = "search", None
-    lat = table.of_choice(net.chosen())
-    rounds = 0
-    changes = []
-    while lat > cfg.target and rounds < cfg.budget_rounds:
-        rounds += 1
-        changes.append(settings.strengthen())
-        for step in range(cfg.budget_steps):
-            one(step, f"budget{rounds}", step % cfg.arch_every == 0, cfg.budget_steps)
-        lat = table.of_choice(net.chosen())
-    if rounds and lat <= cfg.target:
-        feasible_by = f"strengthened ({', '.join(changes)})"
-    idx = net.chosen()
-    if lat > cfg.target:
-        log_probs = [F.log_softmax(m.alpha.detach().double(), 0).cpu().numpy() for m in mixed]
-        lat_before = lat
-        idx, lat, moves = greedy_to_budget(idx, log_probs, lambda rows: np.array([table.of_choice(r) for r in rows]),
-                                           cfg.target)
-        feasible_by = f"greedy fallback ({moves} changes)"
-        note = (f"the most probable architecture ({lat_before:.4g}) missed the budget {cfg.target:g} after "
-                f"{rounds} strengthening round(s); moved {moves} choice(s) to cheaper candidates to meet it")
+    met = meet_budget(cfg.target, settings, cfg.budget_rounds, cfg.budget_steps,
+                      train_step=lambda phase, step, total: one(step, phase, step % cfg.arch_every == 0, total),
+                      argmax=net.chosen, logits=lambda: [m.alpha for m in mixed],
+                      latency_of=lambda rows: np.array([table.of_choice(r) for r in rows]))
+    note = None
+    if met.missed is not None:
+        note = (f"the most probable architecture ({met.missed:.4g}) missed the budget {cfg.target:g} after "
+                f"{met.rounds} strengthening round(s); moved {met.moves} choice(s) to cheaper candidates to meet it")
+    idx = met.indices
     net_spec, arch = net.derive(idx)
     with torch.no_grad():
         elat = float(expected())
-    return StandaloneResult(net_spec=net_spec, arch=arch, ops=net.describe(idx), latency=float(lat),
-                            expected_latency=elat, target=cfg.target, feasible_by=feasible_by, note=note,
+    return StandaloneResult(net_spec=net_spec, arch=arch, ops=net.describe(idx), latency=float(met.latency),
+                            expected_latency=elat, target=cfg.target, feasible_by=met.feasible_by, note=note,
                             history=history, seconds=time.time() - t0,
                             probs=[[round(float(p), 4) for p in m.probs.detach()] for m in mixed])
 

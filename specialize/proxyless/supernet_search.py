@@ -37,11 +37,11 @@ import torch.nn.functional as F
 from elastic.arch import Arch
 from elastic.errors import OFAError
 from elastic.spaces import SpaceSpec
-from specialize.proxyless.arch_step import ESTIMATORS, LossSettings, ReinforceState
+from specialize.proxyless.arch_step import ESTIMATORS, LossSettings, ReinforceState, arch_update
 from specialize.proxyless.expected_latency import SupernetLatencyTable
-from specialize.proxyless.feasible import greedy_fill_budget, greedy_to_budget
-from specialize.proxyless.gates import binary_gates, rescale_two_paths, sample_paths
-from specialize.proxyless.loss import reinforce_surrogate
+from specialize.proxyless.feasible import greedy_fill_budget
+from specialize.proxyless.gates import binary_gates, sample_paths
+from specialize.proxyless.meet_budget import meet_budget
 
 
 # ---- architecture parameters ----------------------------------------------------------------------------
@@ -166,18 +166,6 @@ def _resize(x: torch.Tensor, r: int) -> torch.Tensor:
     return x if x.shape[-1] == r else F.interpolate(x, size=(r, r), mode="bilinear", align_corners=False)
 
 
-@contextlib.contextmanager
-def _blocks_as(supernet: nn.Module, modules: list[nn.Module]):
-    """Run `supernet.forward` with its active elastic blocks replaced by `modules` (stem, first block and head stay
-    the supernet's own code). Relies on `Supernet._active_blocks`, the list its forward iterates."""
-    saved = supernet._active_blocks
-    supernet._active_blocks = modules
-    try:
-        yield
-    finally:
-        supernet._active_blocks = saved
-
-
 class _Fn(nn.Module):
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]):
         super().__init__()
@@ -238,7 +226,7 @@ def gated_forward(supernet: nn.Module, alphas: SupernetAlphas, x: torch.Tensor, 
         start += sp.stage_max_depth[s]
 
     xr = _resize(x, arch.r)
-    with _blocks_as(supernet, stage_fns):
+    with supernet.running_blocks(stage_fns):
         logits = supernet(xr)
     if len(dr.subset) > 1:
         g = _gates(alphas.r, dr)
@@ -410,40 +398,21 @@ def search_over_supernet(supernet: nn.Module, latency: Any, budget_ms: float, ba
             row["weight_ce"] = weight_step()
         x, y = next(data)
         x, y = x.to(device), y.to(device)
-        a_opt.zero_grad(set_to_none=True)
-        if settings.estimator == "two_path":
-            before = [c.detach().clone() for c in alphas.choices()]
-            with search_mode(net):   # backward recomputes candidates: it runs in the same mode as forward
-                logits, arch, draws = gated_forward(net, alphas, x, gen, search_res)
-                ce = F.cross_entropy(logits, y)
-                elat = expected()
-                loss = settings.loss(ce, elat)
-                loss.backward()
-            a_opt.step()
-            if settings.rescale:
-                # the two sampled candidates of every choice keep their total mass of before the step
-                with torch.no_grad():
-                    for view, old, d in zip(alphas.choices(), before, draws):
-                        if len(d.subset) == 2:
-                            rescale_two_paths(view, d.subset, old)
-            row.update(ce=float(ce.detach()), expected_latency=float(elat.detach()), loss=float(loss.detach()))
-        else:
+
+        def two_path() -> tuple[torch.Tensor, list[list[int]]]:
+            logits, _, draws = gated_forward(net, alphas, x, gen, search_res)
+            return F.cross_entropy(logits, y), [d.subset for d in draws]
+
+        def single_path() -> tuple[torch.Tensor, float, list[int]]:
             with torch.no_grad():
                 idx = [int(torch.multinomial(F.softmax(c.detach(), -1).cpu(), 1, generator=gen)) for c in alphas.choices()]
                 arch = alphas.decode(idx)
                 net.set_active(arch)
-                with search_mode(net):
-                    ce = F.cross_entropy(net(_resize(x, arch.r)), y)
-            lat = float(lat_of_archs([arch])[0])
-            reward = -float(settings.loss(ce, torch.tensor(lat)))
-            if rl.baseline is None:
-                rl.baseline = reward
-            log_prob = sum(F.log_softmax(c, -1)[i] for c, i in zip(alphas.choices(), idx))
-            reinforce_surrogate(log_prob, reward, rl.baseline).backward()
-            a_opt.step()
-            rl.baseline = rl.decay * rl.baseline + (1 - rl.decay) * reward
-            with torch.no_grad():
-                row.update(ce=float(ce), expected_latency=float(expected()), loss=-reward, sampled_latency=lat)
+                ce = F.cross_entropy(net(_resize(x, arch.r)), y)
+            return ce, float(lat_of_archs([arch])[0]), idx
+
+        with search_mode(net):   # backward recomputes candidates: it runs in the same mode as forward
+            row.update(arch_update(a_opt, settings, alphas.choices, expected, two_path, single_path, rl))
         history.append(row)
         if progress is not None:
             progress(phase, step, total, row)
@@ -452,28 +421,13 @@ def search_over_supernet(supernet: nn.Module, latency: Any, budget_ms: float, ba
         net.train()
         for step in range(cfg.steps):
             arch_step("search", step, cfg.steps)
-        arch = alphas.argmax()
-        lat = float(lat_of_archs([arch])[0])
-        rounds, changes, feasible_by, note = 0, [], "search", None
-        while lat > budget_ms and rounds < cfg.budget_rounds:
-            rounds += 1
-            changes.append(settings.strengthen())
-            for step in range(cfg.budget_steps):
-                arch_step(f"budget{rounds}", step, cfg.budget_steps)
-            arch = alphas.argmax()
-            lat = float(lat_of_archs([arch])[0])
-        if rounds and lat <= budget_ms:
-            feasible_by = f"strengthened ({', '.join(changes)})"
-        if lat > budget_ms:
-            lat_before = lat
-            log_probs = [F.log_softmax(c.detach().double(), -1).cpu().numpy() for c in alphas.choices()]
-            idx, lat, moves = greedy_to_budget(alphas.argmax_indices(), log_probs,
-                                               lambda rows: lat_of_archs([alphas.decode(r) for r in rows]),
-                                               float(budget_ms))
-            arch = alphas.decode(idx)
-            feasible_by = f"greedy fallback ({moves} changes)"
-            note = (f"the most probable arch ({lat_before:.4g}) missed the budget {budget_ms:g} after {rounds} "
-                    f"strengthening round(s); moved {moves} choice(s) to cheaper values to meet it")
+        met = meet_budget(float(budget_ms), settings, cfg.budget_rounds, cfg.budget_steps, train_step=arch_step,
+                          argmax=alphas.argmax_indices, logits=alphas.choices,
+                          latency_of=lambda rows: lat_of_archs([alphas.decode(r) for r in rows]))
+        arch, lat, feasible_by, note = alphas.decode(met.indices), met.latency, met.feasible_by, None
+        if met.missed is not None:
+            note = (f"the most probable arch ({met.missed:.4g}) missed the budget {budget_ms:g} after {met.rounds} "
+                    f"strengthening round(s); moved {met.moves} choice(s) to cheaper values to meet it")
         if cfg.fill_budget and lat < budget_ms:
             log_probs = [F.log_softmax(c.detach().double(), -1).cpu().numpy() for c in alphas.choices()]
             lat_before = lat
