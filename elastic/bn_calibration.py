@@ -21,6 +21,8 @@ def recalibrate_bn(model: nn.Module, batches: Iterable) -> int:
     """Reset and re-estimate every BN's running stats over `batches`; returns the number of batches used.
 
     Each batch is an input tensor or a tuple/list whose first element is the input (e.g. (images, labels)).
+    Not `torch.optim.swa_utils.update_bn`, which gives the same statistics on an extracted net but resets whole
+    BNs: a supernet's unused channels and inactive blocks would lose theirs.
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     modes = {m: m.training for m in model.modules()}

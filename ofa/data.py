@@ -31,7 +31,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from elastic.errors import OFAError
 
@@ -90,20 +90,10 @@ def _collate(batch):
     return torch.stack(xs), torch.as_tensor(ys, dtype=torch.long)
 
 
-class _IndexedSubset(Dataset):
-    def __init__(self, base: Dataset, idx: Sequence[int]):
-        self.base, self.idx = base, [int(i) for i in idx]
-
-    def __len__(self) -> int:
-        return len(self.idx)
-
-    def __getitem__(self, i: int):
-        x, y = self.base[self.idx[i]]
-        return (x.expand(3, *x.shape[-2:]) if x.shape[0] == 1 else x), int(y)
-
-
 def subset(ds: Dataset, idx: Sequence[int] | np.ndarray) -> Dataset:
-    return ds.subset(idx) if isinstance(ds, ImageTensorDataset) else _IndexedSubset(ds, list(idx))
+    """The items `idx` of `ds`: an `ImageTensorDataset` is sliced, any other dataset (an ImageFolder, whose
+    loader already yields RGB images and int labels) is wrapped in torch's `Subset`."""
+    return ds.subset(idx) if isinstance(ds, ImageTensorDataset) else Subset(ds, [int(i) for i in idx])
 
 
 @dataclass
@@ -316,7 +306,7 @@ def _load_folder(path: Path, image_size: int, split_seed: int):
         raise OFAError(f"{path} is not a usable ImageFolder tree (class sub-folders of images): {exc}") from None
     perm = np.random.default_rng(split_seed + 1).permutation(len(full))
     n_test = max(1, len(full) // 10)
-    return (_IndexedSubset(full, perm[n_test:]), _IndexedSubset(full, perm[:n_test]), len(full.classes), image_size,
+    return (subset(full, perm[n_test:]), subset(full, perm[:n_test]), len(full.classes), image_size,
             list(full.classes), str(path))
 
 

@@ -25,7 +25,7 @@ def export_cmd(
                                     "block<N>, head, hswish, se (comma-separated)."),
     tolerance: float = typer.Option(0.5, "--tolerance", help="Validation points all-int8 may lose before "
                                     "--float-parts auto leaves parts in float."),
-    threads: Optional[int] = typer.Option(None, "--threads",
+    threads: Optional[int] = typer.Option(None, "--threads", min=1,
                                           help="Intra-op threads for the latency measurement (default 1)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the calibration images' draw."),
     no_evaluate: bool = typer.Option(False, "--no-evaluate", help="Do not measure test accuracy."),
@@ -33,11 +33,8 @@ def export_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Re-export a network folder (onnx, torchscript) or quantize it to int8 (model.int8.onnx, figures in arch.json)."""
-    from elastic.errors import OFAError
     from ofa.export import export_folder
 
-    if threads is not None and threads < 1:
-        raise OFAError(f"--threads must be >= 1, got {threads}")
     out = export_folder(path, fmt, data=data, progress=not as_json, calib_images=calib_images, seed=seed,
                         float_parts=float_parts, tolerance=tolerance, threads=threads, evaluate=not no_evaluate,
                         measure=not no_measure)

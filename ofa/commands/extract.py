@@ -26,7 +26,8 @@ def extract_cmd(
     evaluate: bool = typer.Option(True, "--evaluate/--no-evaluate", help="Measure test accuracy (with images)."),
     eval_images: Optional[int] = typer.Option(None, "--eval-images", help="Evaluate on this many test images of "
                                               "--data (a seeded subset; default: all)."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Image decoding processes (default: cores - 1)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0,
+                                          help="Image decoding processes (default: cores - 1)."),
     export: Optional[str] = typer.Option(None, "--export", help="Also export: onnx, torchscript (comma-separated)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the calibration images."),
     compute_device: Optional[str] = typer.Option(None, "--compute-device", help=HELP + " Runs the extraction, BN "
@@ -34,11 +35,8 @@ def extract_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Extract one arch of RUN's supernet (set_active_subnet + get_active_subnet) as a loadable network."""
-    from elastic.errors import OFAError
     from ofa.extraction import extract
 
-    if workers is not None and workers < 0:
-        raise OFAError(f"--workers must be >= 0, got {workers}")
     r = extract(run, arch, out=out, recalibrate=recalibrate, data=data, calib_images=calib_images, evaluate=evaluate,
                 export=export or (), seed=seed, workers=workers, eval_images=eval_images, progress=not as_json,
                 compute_device=compute_device)

@@ -21,11 +21,13 @@ def import_ofa_cmd(
     net_config: Optional[Path] = typer.Option(None, "--net-config", help="A specialized network's net.config: "
                                               "import CHECKPOINT as that static network into --out."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for a specialized network (with --net-config)."),
-    image_size: Optional[int] = typer.Option(None, "--image-size", help="Input resolution of a specialized network "
-                                             "(default: its config's image_size, run.config beside it, or 224)."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", min=8, help="Input resolution of a specialized "
+                                             "network (default: its config's image_size, run.config beside it, or "
+                                             "224)."),
     data: Optional[str] = typer.Option(None, "--data", help="imagefolder:PATH (train/ + val/): recorded as the "
                                        "run's data; evaluates a specialized network."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Image decoding processes (default: cores - 1)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0,
+                                          help="Image decoding processes (default: cores - 1)."),
     export: Optional[str] = typer.Option(None, "--export", help="Also export a specialized network: onnx, torchscript."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory / folder."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -35,10 +37,6 @@ def import_ofa_cmd(
     from ofa.export import parse_exports
     from ofa.ofa_import import import_net, import_supernet
 
-    if workers is not None and workers < 0:
-        raise OFAError(f"--workers must be >= 0, got {workers}")
-    if image_size is not None and image_size < 8:
-        raise OFAError(f"--image-size must be an integer >= 8, got {image_size}")
     exports = parse_exports(export)
     static = net_config is not None or checkpoint.is_dir()
     if static:

@@ -16,18 +16,20 @@ from ofa.compute_device_option import DEPRECATED_HELP, HELP, compute_device_from
 def fit_predictor_cmd(
     run: Path = typer.Option(..., "--run", "--run-dir", help="Run directory of a trained supernet (under torchrun "
                                                          "write --run-dir: torchrun reads --run as its own)."),
-    samples: int = typer.Option(300, "--samples", help="Subnets to measure (the dataset grows to this many)."),
+    samples: int = typer.Option(300, "--samples", min=1, help="Subnets to measure (the dataset grows to this many)."),
     resume: bool = typer.Option(False, "--resume", help="Continue / extend an existing acc_dataset.csv."),
     kinds: str = typer.Option("mlp,gbr,gp,ridge", "--kinds", help="Predictor kinds to choose from by K-fold CV."),
-    folds: int = typer.Option(5, "--folds", help="Cross-validation folds."),
+    folds: int = typer.Option(5, "--folds", min=2, help="Cross-validation folds."),
     holdout: float = typer.Option(0.2, "--holdout", help="Fraction of subnets held out for the report."),
     seed: int = typer.Option(0, "--seed", help="Seed of the subnet plan and the splits."),
-    calib_images: int = typer.Option(2000, "--calib-images", help="Training images for BN recalibration."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate on at most this many validation images."),
+    calib_images: int = typer.Option(2000, "--calib-images", min=0, help="Training images for BN recalibration."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1,
+                                        help="Evaluate on at most this many validation images."),
     compute_device: Optional[str] = typer.Option(None, "--compute-device", help=HELP + " Default: auto. Under "
                                                  "torchrun the subnets are shared out over the processes."),
     device: Optional[str] = typer.Option(None, "--device", hidden=True, help=DEPRECATED_HELP),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for evaluation (default: torch's)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1,
+                                          help="CPU threads for evaluation (default: torch's)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
@@ -40,14 +42,8 @@ def fit_predictor_cmd(
     bad = [k for k in kind_list if k not in KINDS]
     if bad or not kind_list:
         raise OFAError(f"unknown predictor kind(s) {bad or kinds!r}; choose from {', '.join(KINDS)}")
-    if not 0.0 <= holdout < 0.9:
+    if not 0.0 <= holdout < 0.9:  # half-open: typer's min=/max= bound closed intervals only
         raise OFAError(f"--holdout must be in [0, 0.9), got {holdout}")
-    if folds < 2:
-        raise OFAError(f"--folds must be >= 2, got {folds}")
-    for name, value, least in (("--samples", samples, 1), ("--calib-images", calib_images, 0), ("--limit", limit, 1),
-                               ("--threads", threads, 1)):
-        if value is not None and value < least:
-            raise OFAError(f"{name} must be >= {least}, got {value}")
     compute = compute_device_from_options(compute_device, device, "fit-predictor")
     check_dataset_size(samples, folds, holdout)  # before any subnet is measured
     rd = RunDir(run)

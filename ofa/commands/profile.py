@@ -36,11 +36,11 @@ def profile(
     name: str = typer.Option(None, "--name", help="Profile name (default: the device name)."),
     n_fit: int = typer.Option(100, "--fit", help="Subnets measured to fit the model."),
     n_test: int = typer.Option(20, "--test", help="Fresh subnets measured to report the error."),
-    batch: int = typer.Option(1, "--batch", help="Images per inference: 1 = latency of one image; e.g. 64 = time "
-                                                 "of one batch (GPU throughput; OFA's 1080ti_gpu64 nets)."),
-    repeats: int = typer.Option(2, "--repeats", help="Timed runs per network per round."),
-    rounds: int = typer.Option(30, "--rounds", help="Interleaved rounds over all networks."),
-    instances: int = typer.Option(1, "--instances", help="Runtime sessions per network, averaged (2 cut the "
+    batch: int = typer.Option(1, "--batch", min=1, help="Images per inference: 1 = latency of one image; e.g. 64 = "
+                                                        "time of one batch (GPU throughput; OFA's 1080ti_gpu64 nets)."),
+    repeats: int = typer.Option(2, "--repeats", min=1, help="Timed runs per network per round."),
+    rounds: int = typer.Option(30, "--rounds", min=1, help="Interleaved rounds over all networks."),
+    instances: int = typer.Option(1, "--instances", min=1, help="Runtime sessions per network, averaged (2 cut the "
                                                          "session-to-session noise of sub-ms networks by a third; 2x the time)."),
     seed: int = typer.Option(0, "--seed"),
     clock: str = typer.Option("auto", "--clock", help="auto | wall | thread (thread CPU time: 1 CPU thread only)."),
@@ -66,9 +66,6 @@ def profile(
         raise OFAError(f"can only profile 'cpu' or 'cuda' here, got '{device}'")
     if runtime == "auto":
         runtime = "onnxruntime" if device == "cpu" else "torch"
-    for opt, value in (("--repeats", repeats), ("--rounds", rounds), ("--instances", instances), ("--batch", batch)):
-        if value < 1:
-            raise OFAError(f"{opt} must be >= 1, got {value}")
     from predictors.quantize import check_precision
 
     precision = check_precision(precision.strip().lower())

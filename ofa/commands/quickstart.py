@@ -20,8 +20,9 @@ def quickstart_cmd(
                                               "specialization; not the installation), e.g. 15m, 900s, 1h30m: the "
                                               "first steps measure this machine and the plan is sized to it (stored in "
                                               "RUN/time_budget.json, printed). 'off': the fixed-step quick schedule."),
-    samples: Optional[int] = typer.Option(None, "--samples", help="Subnets measured for the accuracy predictor "
-                                          "(default: what the time budget allows; 200 with --time-budget off)."),
+    samples: Optional[int] = typer.Option(None, "--samples", min=20, help="Subnets measured for the accuracy "
+                                          "predictor, at least 20 to fit one (default: what the time budget "
+                                          "allows; 200 with --time-budget off)."),
     schedule: str = typer.Option("quick", "--schedule", help="quick | full"),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
@@ -34,8 +35,6 @@ def quickstart_cmd(
     names = [d.strip() for d in devices.split(",") if d.strip()]
     if not names:
         raise OFAError("--devices needs at least one device name (see `ofa devices`)")
-    if samples is not None and samples < 20:
-        raise OFAError(f"--samples must be at least 20 to fit a predictor, got {samples}")
     from predictors.profiles import load_profile
 
     for name in names:  # an unknown device fails now, not after training ('cpu' is measured by the job itself)
