@@ -83,7 +83,9 @@ class ImageTensorDataset(Dataset):
         return ImageTensorDataset(self.images[idx_t], self.labels[idx_t])
 
 
-def _collate(batch):
+def collate_batch(batch):
+    """The `collate_fn` of the data loaders (`ResizedLoader` here, the trainers'): stacks (image, label) pairs into
+    (images, int64 labels); a batch `ImageTensorDataset.__getitems__` fetched whole passes through."""
     if len(batch) == 1 and isinstance(batch[0][1], torch.Tensor) and batch[0][1].ndim == 1:
         return batch[0]  # already a batch, from __getitems__
     xs, ys = zip(*batch)
@@ -148,7 +150,8 @@ class ResizedLoader:
         gen = torch.Generator().manual_seed(self.seed)
         order = torch.randperm(len(self.ds), generator=gen).tolist() if self.shuffle else list(range(len(self.ds)))
         on_gpu = self.device is not None and self.device.type == "cuda"
-        loader = DataLoader(self.ds, batch_size=self.batch_size, sampler=order, collate_fn=_collate, pin_memory=on_gpu)
+        loader = DataLoader(self.ds, batch_size=self.batch_size, sampler=order, collate_fn=collate_batch,
+                            pin_memory=on_gpu)
         for x, y in loader:
             if self.device is not None:
                 x = x.to(self.device, non_blocking=True)

@@ -1,15 +1,11 @@
 """Accuracy predictors: arch -> predicted top-1 accuracy (a fraction), batched.
 
-Four kinds, one class (`AccuracyPredictor`):
-- `mlp`   OFA's predictor shape: an MLP with ReLUs on the one-hot encoding (`predictors.encoding.OneHotEncoding`),
-          trained with torch; inference is plain numpy matmuls (fast on batches, no autograd).
-- `gbr`   scikit-learn gradient boosting on the one-hot encoding.
-- `gp`    scikit-learn Gaussian process (constant * RBF with one length scale per feature + white noise) on
-          the standardized `rich_features`.
-- `ridge` scikit-learn ridge regression on `rich_features` plus the one-hot.
+Four kinds, one class (`AccuracyPredictor`): `mlp` (OFA's MLP on the one-hot encoding), `gbr` (gradient boosting),
+`gp` (a Gaussian process) and `ridge`; `predictors.accuracy_models` holds the models themselves, the features each
+kind is fit on and the default hyperparameters.
 `fit_accuracy_predictor` holds out part of the data, picks the kind by K-fold cross-validation on the rest
 (mean Kendall tau across folds, RMSE breaks ties), reports RMSE / Kendall tau / top-k hit rate of the chosen kind
-on the held-out part, then refits it on all rows for the returned predictor.
+on the held-out part (`predictors.metrics`), then refits it on all rows for the returned predictor.
 
 Files (`save(dir)` / `load(dir)`), never pickle:
 - `accuracy_predictor.json`: kind, space, encoding, hyperparameters, report, and for the scikit-learn kinds the
@@ -35,127 +31,16 @@ import numpy as np
 from elastic.arch import Arch
 from elastic.errors import OFAError
 from elastic.spaces import SpaceSpec, space_from_dict
+from predictors.accuracy_models import DEFAULT_HP, KINDS, kind_features, make_sklearn_model, mlp_forward, train_mlp
 from predictors.atomic_files import write_bytes
 from predictors.domain import fit_domain_record, predictor_domain
-from predictors.encoding import OneHotEncoding, arch_arrays, rich_features
+from predictors.encoding import OneHotEncoding
 from predictors.metrics import accuracy_quality, kendall_tau
 
-KINDS = ("mlp", "gbr", "gp", "ridge")
 FORMAT = "ofa-accuracy-predictor"
 JSON_NAME = "accuracy_predictor.json"
 WEIGHTS_NAME = "accuracy_predictor.safetensors"
 REPORT_NAME = "accuracy_report.json"
-
-# `features`: what a kind is fit on -- "onehot" (OFA's encoding), "rich" (`rich_features`: per-stage sums, r,
-# log MACs/params) or "rich+onehot". Measured on 400 subnets of a Fashion-MNIST run (5-fold CV, Kendall tau):
-# gradient boosting 0.78 on the one-hot vs 0.72 on rich+onehot and 0.48 on rich alone (accuracy there depends on
-# which block takes which choice, not on stage sums); the MLP 0.755 with weight decay 3e-2 vs 0.67 with 1e-4.
-# On 800 subnets, depth-4 trees (800, lr 0.03) gave 0.837 vs 0.811 for depth 3 (400, lr 0.05); equal at 200-400.
-DEFAULT_HP: dict[str, dict[str, Any]] = {
-    "mlp": {"hidden": [128, 128, 128], "steps": 600, "lr": 3e-3, "weight_decay": 3e-2, "seed": 0,
-            "features": "onehot"},
-    "gbr": {"n_estimators": 800, "learning_rate": 0.03, "max_depth": 4, "subsample": 0.8, "seed": 0,
-            "features": "onehot"},
-    "gp": {"max_rows": 600, "seed": 0, "features": "rich"},
-    "ridge": {"alpha": 1.0, "features": "rich+onehot"},
-}
-# files written before `features` was a hyperparameter used these
-_LEGACY_FEATURES = {"mlp": "onehot", "gbr": "rich+onehot", "gp": "rich", "ridge": "rich+onehot"}
-
-
-# ------------------------------------------------------------------------------------------------
-# the MLP (torch to train, numpy to predict)
-def _mlp_forward(layers: list[tuple[np.ndarray, np.ndarray]], x: np.ndarray) -> np.ndarray:
-    h = x
-    for i, (w, b) in enumerate(layers):
-        h = h @ w.T + b
-        if i < len(layers) - 1:
-            np.maximum(h, 0.0, out=h)
-    return h[:, 0]
-
-
-def _train_mlp(x: np.ndarray, y: np.ndarray, hp: dict[str, Any]) -> list[tuple[np.ndarray, np.ndarray]]:
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)   # matrices this small: more threads only wait on each other (600 steps on a busy
-    try:                       # 2-core machine: 70 s with 2 threads, 5 s with 1)
-        return _train_mlp_steps(x, y, hp)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _train_mlp_steps(x: np.ndarray, y: np.ndarray, hp: dict[str, Any]) -> list[tuple[np.ndarray, np.ndarray]]:
-    import torch
-    from torch import nn
-
-    gen = torch.Generator().manual_seed(int(hp["seed"]))
-    dims = [x.shape[1], *hp["hidden"], 1]
-    mods: list[nn.Module] = []
-    for i in range(len(dims) - 1):
-        lin = nn.Linear(dims[i], dims[i + 1])
-        with torch.no_grad():  # seeded init independent of the global RNG
-            bound = 1.0 / math.sqrt(dims[i])
-            lin.weight.uniform_(-bound, bound, generator=gen)
-            lin.bias.uniform_(-bound, bound, generator=gen)
-        mods += [lin, nn.ReLU()]
-    net = nn.Sequential(*mods[:-1])
-    xt, yt = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.float32))
-    opt = torch.optim.Adam(net.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
-    steps = int(hp["steps"])
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp["lr"], total_steps=steps, pct_start=0.1)
-    batch = min(256, len(xt))
-    for _ in range(steps):
-        idx = torch.randint(0, len(xt), (batch,), generator=gen)
-        loss = torch.mean((net(xt[idx]).squeeze(1) - yt[idx]) ** 2)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    lins = [m for m in net if isinstance(m, nn.Linear)]
-    return [(m.weight.detach().numpy().copy(), m.bias.detach().numpy().copy()) for m in lins]
-
-
-# ------------------------------------------------------------------------------------------------
-# scikit-learn models
-def _make_sklearn(kind: str, hp: dict[str, Any], n_features: int):
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    if kind == "gbr":
-        from sklearn.ensemble import GradientBoostingRegressor
-
-        return GradientBoostingRegressor(n_estimators=hp["n_estimators"], learning_rate=hp["learning_rate"],
-                                         max_depth=hp["max_depth"], subsample=hp["subsample"], random_state=hp["seed"])
-    if kind == "ridge":
-        from sklearn.linear_model import Ridge
-
-        return make_pipeline(StandardScaler(), Ridge(alpha=hp["alpha"]))
-    if kind == "gp":
-        from sklearn.gaussian_process import GaussianProcessRegressor
-        from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
-
-        theta = hp.get("theta")
-        kernel = (ConstantKernel(1.0, (1e-3, 1e3)) * RBF(np.full(n_features, 3.0), (1e-2, 1e3))
-                  + WhiteKernel(0.1, (1e-6, 1.0)))
-        if theta is not None:  # refit with the stored optimized hyperparameters, no optimizer run
-            kernel = kernel.clone_with_theta(np.asarray(theta, dtype=np.float64))
-            return make_pipeline(StandardScaler(), GaussianProcessRegressor(kernel, optimizer=None, normalize_y=True))
-        return make_pipeline(StandardScaler(), GaussianProcessRegressor(kernel, normalize_y=True, random_state=hp["seed"]))
-    raise OFAError(f"unknown accuracy predictor kind '{kind}'; known kinds: {', '.join(KINDS)}")
-
-
-def _features(kind: str, space: SpaceSpec, archs: Sequence[Arch], enc: OneHotEncoding,
-              params: dict[str, Any]) -> np.ndarray:
-    which = params.get("features", _LEGACY_FEATURES[kind])
-    if which == "onehot":
-        return enc.encode_arrays(arch_arrays(space, archs))
-    rich = rich_features(space, archs)
-    if which == "rich":
-        return rich
-    if which == "rich+onehot":
-        return np.concatenate([rich, enc.encode_arrays(arch_arrays(space, archs))], axis=1)
-    raise OFAError(f"unknown feature set '{which}' for a {kind} predictor; allowed: onehot, rich, rich+onehot")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -186,7 +71,7 @@ class AccuracyPredictor:
             raise OFAError(f"need at least 4 (arch, accuracy) pairs of equal count to fit a predictor, got {len(archs)} archs and {len(y)} accuracies")
         params = {**DEFAULT_HP[kind], **hp}
         enc = OneHotEncoding.for_space(space)
-        x = _features(kind, space, archs, enc, params)
+        x = kind_features(kind, space, archs, enc, params)
         pred = cls._fit_xy(kind, space, enc, params, x, y)
         pred.meta["domain"] = fit_domain_record(space, archs)   # what it was fit on (predictors.domain)
         return pred
@@ -196,12 +81,12 @@ class AccuracyPredictor:
                 y: np.ndarray) -> "AccuracyPredictor":
         if kind == "mlp":
             mean, std = float(y.mean()), float(y.std() or 1.0)
-            layers = _train_mlp(x, (y - mean) / std, params)
+            layers = train_mlp(x, (y - mean) / std, params)
             return cls(kind, space, enc, params, layers=layers, y_mean=mean, y_std=std)
         if kind == "gp" and len(y) > params["max_rows"]:  # exact GP is cubic in rows: fit on a seeded subset
             keep = np.random.default_rng(params["seed"]).choice(len(y), params["max_rows"], replace=False)
             x, y = x[np.sort(keep)], y[np.sort(keep)]
-        model = _make_sklearn(kind, params, x.shape[1])
+        model = make_sklearn_model(kind, params, x.shape[1])
         from sklearn.exceptions import ConvergenceWarning
 
         with warnings.catch_warnings():
@@ -216,12 +101,12 @@ class AccuracyPredictor:
         archs = list(archs)
         if not archs:
             return np.zeros(0)
-        x = _features(self.kind, self.space, archs, self.encoding, self.hp)
+        x = kind_features(self.kind, self.space, archs, self.encoding, self.hp)
         return self.predict_features(x)
 
     def predict_features(self, x: np.ndarray) -> np.ndarray:
         if self.kind == "mlp":
-            return _mlp_forward(self.layers, x.astype(np.float32)).astype(np.float64) * self.y_std + self.y_mean
+            return mlp_forward(self.layers, x.astype(np.float32)).astype(np.float64) * self.y_std + self.y_mean
         return np.asarray(self.model.predict(x), dtype=np.float64)
 
     @property
@@ -353,7 +238,7 @@ def fit_accuracy_predictor(space: SpaceSpec, archs: Sequence[Arch], accs: Sequen
     perm = rng.permutation(n)
     hold_idx, train_idx = np.sort(perm[:n_hold]), np.sort(perm[n_hold:])
     enc = OneHotEncoding.for_space(space)
-    feats = {k: _features(k, space, archs, enc, params[k]) for k in kinds}   # once per kind, sliced per fold
+    feats = {k: kind_features(k, space, archs, enc, params[k]) for k in kinds}   # once per kind, sliced per fold
 
     cv: dict[str, dict[str, float]] = {}
     kf = KFold(n_splits=folds, shuffle=True, random_state=seed)

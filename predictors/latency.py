@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from elastic.arch import Arch
+from elastic.choice_indices import index_in_choices
 from elastic.errors import OFAError
 from elastic.netspec import NetSpec
 from elastic.spaces import SpaceSpec
@@ -108,11 +109,10 @@ class LatencyPredictor:
         stage = np.array(sp.stage_of_block())
         pos = np.concatenate([np.arange(n) for n in sp.stage_max_depth])
         self._tables = (block, fixed, stage, pos)
-        self._k_index = {k: i for i, k in enumerate(sp.ks_choices)}
-        self._e_index = {e: i for i, e in enumerate(sp.e_choices)}
-        self._r_index = {r: i for i, r in enumerate(sp.resolutions)}
 
     def _indices(self, archs: Sequence[Arch]):
+        """The archs' kernel, expand and resolution indices into the space's choices, and their depths; an arch
+        that is not of the space is its `SpaceSpec.validate` error."""
         sp = self.space
         try:
             ks = np.array([a.ks for a in archs], dtype=np.int64).reshape(len(archs), -1)
@@ -124,10 +124,9 @@ class LatencyPredictor:
         if ks.shape[1] != sp.n_blocks or es.shape[1] != sp.n_blocks or ds.shape[1] != sp.n_stages:
             bad = next(a for a in archs if len(a.ks) != sp.n_blocks or len(a.e) != sp.n_blocks or len(a.d) != sp.n_stages)
             sp.validate(bad)
-        lut_k = _index_lut(sp.ks_choices)
-        lut_e = _index_lut(sp.e_choices)
-        lut_r = _index_lut(sp.resolutions)
-        ki, ei, ri = _take(lut_k, ks), _take(lut_e, es), _take(lut_r, rs)
+        ki = index_in_choices(sp.ks_choices, ks)
+        ei = index_in_choices(sp.e_choices, es)
+        ri = index_in_choices(sp.resolutions, rs)
         if (ki < 0).any() or (ei < 0).any() or (ri < 0).any():
             for row in np.unique(np.concatenate([np.where((ki < 0).any(1))[0], np.where((ei < 0).any(1))[0],
                                                  np.where(ri < 0)[0]]))[:1]:
@@ -153,20 +152,6 @@ class LatencyPredictor:
         b = np.arange(sp.n_blocks)[None, :]
         per_block = block[b, ki, ei, ri[:, None]]
         return fixed[ri] + (per_block * active).sum(axis=1)
-
-
-def _index_lut(choices: Sequence[int]) -> np.ndarray:
-    lut = np.full(max(choices) + 1, -1, dtype=np.int64)
-    for i, c in enumerate(choices):
-        lut[c] = i
-    return lut
-
-
-def _take(lut: np.ndarray, values: np.ndarray) -> np.ndarray:
-    inside = (values >= 0) & (values < len(lut))
-    out = np.full(values.shape, -1, dtype=np.int64)
-    out[inside] = lut[values[inside]]
-    return out
 
 
 def get_latency_predictor(device: str | Profile, space: SpaceSpec | None = None) -> LatencyPredictor:

@@ -192,7 +192,7 @@ def test_predictor_fit_hides_only_convergence_warnings(monkeypatch):
 
     import predictors.accuracy as acc_mod
 
-    real = acc_mod._make_sklearn
+    real = acc_mod.make_sklearn_model   # (predictors.accuracy_models', looked up in predictors.accuracy)
 
     def noisy(*args, **kwargs):
         model = real(*args, **kwargs)
@@ -206,7 +206,7 @@ def test_predictor_fit_hides_only_convergence_warnings(monkeypatch):
         model.fit = fit_and_warn
         return model
 
-    monkeypatch.setattr(acc_mod, "_make_sklearn", noisy)
+    monkeypatch.setattr(acc_mod, "make_sklearn_model", noisy)
     sp = get_space("mbv3-w1.0-small", n_classes=10)
     rng = random.Random(0)
     archs = [sp.sample(rng) for _ in range(12)]

@@ -87,14 +87,14 @@ def test_elastic_lr_scale_sets_the_optimizers_rate(full_run, tmp_path, scale, mo
     import ofa.training.loop as loop
 
     built: list[float] = []
-    real = loop._make_optimizer
+    real = loop.make_optimizer   # (ofa.training.optimization's, looked up in loop)
 
     def make_optimizer(model, cfg, lr):
         opt = real(model, cfg, lr)
         built.append(opt.param_groups[0]["lr"])
         return opt
 
-    monkeypatch.setattr(loop, "_make_optimizer", make_optimizer)
+    monkeypatch.setattr(loop, "make_optimizer", make_optimizer)
     run = tmp_path / "run"
     shutil.copytree(full_run, run)
     msgs: list[str] = []
@@ -266,7 +266,8 @@ def test_step_sampling_is_deterministic_restricted_and_sandwiched():
     import random
 
     from elastic.spaces import get_space
-    from ofa.training.loop import derive_seed, sample_step_archs
+    from ofa.training.randomness import derive_seed
+    from ofa.training.step_archs import sample_step_archs
 
     sp = get_space(SPACE)
     p1 = stage_phases("depth", sp)[0]  # kernels 3/5/7, expand 6, depths {3, 4}

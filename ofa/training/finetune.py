@@ -37,15 +37,16 @@ from elastic.errors import OFAError
 from elastic.spaces import SpaceSpec, space_from_dict
 from elastic.static_net import StaticNet
 from ofa import atomic
-from ofa.data import DataBundle, _collate, augment_batch, get_data, prepare_batch
+from ofa.data import DataBundle, augment_batch, collate_batch, get_data, prepare_batch
 from ofa.run_dir import RunDir, check_state_dict
 from ofa.training.distributed import (DistInfo, all_reduce_sum, barrier, broadcast_object, init_distributed,
                                      parse_compute_device)
 from ofa.training.evaluate import accuracy, calibration_batches
 from ofa.training.kd import soft_cross_entropy
 from ofa.progress import Progress
-from ofa.training.loop import (_make_optimizer, _make_scheduler, _set_dropout, _set_train_mode, derive_seed,
-                               rng_state, set_rng_state)
+from ofa.training.optimization import make_optimizer, make_scheduler
+from ofa.training.randomness import derive_seed, rng_state, set_rng_state
+from ofa.training.train_modes import set_dropout, set_train_mode
 
 TEACHERS = ("full", "largest", "none")
 STATE_VERSION = 1
@@ -61,8 +62,8 @@ DATA_KEYS = ("root", "val_size", "split_seed", "subset_size", "eval_size", "imag
 class FinetuneConfig:
     """Everything a fine-tuning run depends on (plain values: stored in the checkpoint for --resume).
 
-    `opt`, `momentum`, `weight_decay`, `warmup_epochs` and `min_lr_ratio` are read by the training loop's timm
-    optimizer and scheduler factories (through `resolved`), so both trainers build them the same way.
+    `opt`, `momentum`, `weight_decay`, `warmup_epochs` and `min_lr_ratio` are read by the timm optimizer and
+    scheduler factories of `ofa.training.optimization` (through `resolved`), so both trainers build them the same way.
     """
     path: str                              # the folder `ofa specialize` wrote
     epochs: int
@@ -404,7 +405,7 @@ def _prepare(cfg: FinetuneConfig, info: DistInfo, out: Path, work: RunDir, say) 
         notes.append("from scratch: random initial weights (a baseline), not the inherited ones")
     elif not classes_match:
         net = _with_new_head(net, space, arch, bundle.n_classes, cfg.seed)
-    _set_dropout(net, cfg.dropout)
+    set_dropout(net, cfg.dropout)
     net = net.to(info.device)
 
     batch = cfg.batch_size or default_batch(len(bundle.train))
@@ -458,8 +459,8 @@ def _train(job: _Job, state: dict | None, before, teacher_acc, say, console) -> 
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         model = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = _make_optimizer(net, cfg, job.lr)
-    scheduler = _make_scheduler(optimizer, cfg, job.lr, cfg.epochs * steps_per_epoch, steps_per_epoch)
+    optimizer = make_optimizer(net, cfg, job.lr)
+    scheduler = make_scheduler(optimizer, cfg, job.lr, cfg.epochs * steps_per_epoch, steps_per_epoch)
     start_epoch, start_step, train_seconds, resumed_sums = 0, 0, 0.0, None
     if state is not None:
         check_state_dict(net, state["model"], str(work.state_file))
@@ -494,12 +495,12 @@ def _train(job: _Job, state: dict | None, before, teacher_acc, say, console) -> 
             sampler.set_epoch(epoch)
             first = start_step if epoch == start_epoch else 0
             indices = list(sampler)[first * local_batch: steps_per_epoch * local_batch]
-            loader = DataLoader(bundle.train, batch_size=local_batch, sampler=indices, collate_fn=_collate,
+            loader = DataLoader(bundle.train, batch_size=local_batch, sampler=indices, collate_fn=collate_batch,
                                 drop_last=True)
             task = progress.task(f"finetune ep {epoch + 1}/{cfg.epochs}", steps_per_epoch, first)
             sums = list(resumed_sums) if (first and resumed_sums and info.is_main) else [0.0, 0.0, 0.0]
             t0, seen = time.time(), 0
-            _set_train_mode(net, cfg.bn_mode)
+            set_train_mode(net, cfg.bn_mode)
             for step, (x, y) in enumerate(loader, start=first):
                 loss, correct = _step(job, model, optimizer, x, y, (cfg.seed, epoch, step))
                 scheduler.step_update(num_updates=epoch * steps_per_epoch + step + 1)

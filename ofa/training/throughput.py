@@ -36,7 +36,7 @@ def _step_macs(space: SpaceSpec, phase, cfg: TrainConfig, draws: int = 12) -> fl
     """Mean multiply-adds of one step of `phase` (its subnets, plus the teacher's forward as a third of a subnet's
     forward + backward), over seeded draws of resolution and subnets."""
     from elastic.netspec import net_macs
-    from ofa.training.loop import sample_step_archs
+    from ofa.training.step_archs import sample_step_archs
 
     rng = random.Random(0)
     n_sub = cfg.subnets_per_step(phase.stage)
@@ -58,7 +58,7 @@ def measure_rates(space: SpaceSpec, bundle: DataBundle, cfg: TrainConfig, device
     torch.set_num_threads) and measured on: beside other jobs, two threads can run several times slower than one."""
     from elastic.supernet import Supernet
     from ofa.training.evaluate import calibration_batches, evaluate_arch
-    from ofa.training.loop import sample_step_archs
+    from ofa.training.step_archs import sample_step_archs
     from timm.optim import create_optimizer_v2
 
     t_start = clock()

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from elastic.arch import Arch
+from elastic.choice_indices import arch_choice_indices
 from elastic.errors import OFAError
 from elastic.spaces import SpaceSpec
 
@@ -111,18 +112,19 @@ class SupernetLatencyTable:
     def of_arch(self, arch: Arch) -> float:
         """The table's latency of one arch (one-hot probabilities), for checks."""
         sp = self.space
+        ki, ei, di, ri = arch_choice_indices(sp, arch, self.resolutions)
         p_k = torch.zeros(sp.n_blocks, len(sp.ks_choices), dtype=torch.float64)
         p_e = torch.zeros(sp.n_blocks, len(sp.e_choices), dtype=torch.float64)
         for b in range(sp.n_blocks):
-            p_k[b, sp.ks_choices.index(arch.ks[b])] = 1
-            p_e[b, sp.e_choices.index(arch.e[b])] = 1
+            p_k[b, ki[b]] = 1
+            p_e[b, ei[b]] = 1
         p_d = []
         for s in range(sp.n_stages):
             v = torch.zeros(len(sp.depth_choices(s)), dtype=torch.float64)
-            v[sp.depth_choices(s).index(arch.d[s])] = 1
+            v[di[s]] = 1
             p_d.append(v)
         p_r = torch.zeros(len(self.resolutions), dtype=torch.float64)
-        p_r[self.resolutions.index(arch.r)] = 1
+        p_r[ri] = 1
         return float(self.expected(p_k, p_e, p_d, p_r))
 
 

@@ -1,0 +1,144 @@
+"""The models behind `predictors.accuracy.AccuracyPredictor`: what each kind is fit on and how it is built.
+
+Four kinds:
+- `mlp`   OFA's predictor shape: an MLP with ReLUs on the one-hot encoding (`predictors.encoding.OneHotEncoding`),
+          trained with torch (`train_mlp`); inference is plain numpy matmuls (`mlp_forward`: fast on batches, no
+          autograd).
+- `gbr`   scikit-learn gradient boosting on the one-hot encoding.
+- `gp`    scikit-learn Gaussian process (constant * RBF with one length scale per feature + white noise) on
+          the standardized `rich_features`.
+- `ridge` scikit-learn ridge regression on `rich_features` plus the one-hot.
+`make_sklearn_model` builds the scikit-learn ones, `kind_features` gives the matrix a kind is fit on, and
+`DEFAULT_HP` holds each kind's hyperparameters (the feature set among them).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from elastic.arch import Arch
+from elastic.errors import OFAError
+from elastic.spaces import SpaceSpec
+from predictors.encoding import OneHotEncoding, arch_arrays, rich_features
+
+KINDS = ("mlp", "gbr", "gp", "ridge")
+
+# `features`: what a kind is fit on -- "onehot" (OFA's encoding), "rich" (`rich_features`: per-stage sums, r,
+# log MACs/params) or "rich+onehot". Measured on 400 subnets of a Fashion-MNIST run (5-fold CV, Kendall tau):
+# gradient boosting 0.78 on the one-hot vs 0.72 on rich+onehot and 0.48 on rich alone (accuracy there depends on
+# which block takes which choice, not on stage sums); the MLP 0.755 with weight decay 3e-2 vs 0.67 with 1e-4.
+# On 800 subnets, depth-4 trees (800, lr 0.03) gave 0.837 vs 0.811 for depth 3 (400, lr 0.05); equal at 200-400.
+DEFAULT_HP: dict[str, dict[str, Any]] = {
+    "mlp": {"hidden": [128, 128, 128], "steps": 600, "lr": 3e-3, "weight_decay": 3e-2, "seed": 0,
+            "features": "onehot"},
+    "gbr": {"n_estimators": 800, "learning_rate": 0.03, "max_depth": 4, "subsample": 0.8, "seed": 0,
+            "features": "onehot"},
+    "gp": {"max_rows": 600, "seed": 0, "features": "rich"},
+    "ridge": {"alpha": 1.0, "features": "rich+onehot"},
+}
+# files written before `features` was a hyperparameter used these
+_LEGACY_FEATURES = {"mlp": "onehot", "gbr": "rich+onehot", "gp": "rich", "ridge": "rich+onehot"}
+
+
+# ------------------------------------------------------------------------------------------------
+# the MLP (torch to train, numpy to predict)
+def mlp_forward(layers: list[tuple[np.ndarray, np.ndarray]], x: np.ndarray) -> np.ndarray:
+    """The MLP's output for each row of `x` (`layers`: (weight, bias) per linear layer, ReLU between them)."""
+    h = x
+    for i, (w, b) in enumerate(layers):
+        h = h @ w.T + b
+        if i < len(layers) - 1:
+            np.maximum(h, 0.0, out=h)
+    return h[:, 0]
+
+
+def train_mlp(x: np.ndarray, y: np.ndarray, hp: dict[str, Any]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Fit the MLP (`hp`: hidden, steps, lr, weight_decay, seed) to `y` by MSE; returns its (weight, bias) layers."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # matrices this small: more threads only wait on each other (600 steps on a busy
+    try:                       # 2-core machine: 70 s with 2 threads, 5 s with 1)
+        return _train_mlp_steps(x, y, hp)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_mlp_steps(x: np.ndarray, y: np.ndarray, hp: dict[str, Any]) -> list[tuple[np.ndarray, np.ndarray]]:
+    import torch
+    from torch import nn
+
+    gen = torch.Generator().manual_seed(int(hp["seed"]))
+    dims = [x.shape[1], *hp["hidden"], 1]
+    mods: list[nn.Module] = []
+    for i in range(len(dims) - 1):
+        lin = nn.Linear(dims[i], dims[i + 1])
+        with torch.no_grad():  # seeded init independent of the global RNG
+            bound = 1.0 / math.sqrt(dims[i])
+            lin.weight.uniform_(-bound, bound, generator=gen)
+            lin.bias.uniform_(-bound, bound, generator=gen)
+        mods += [lin, nn.ReLU()]
+    net = nn.Sequential(*mods[:-1])
+    xt, yt = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.float32))
+    opt = torch.optim.Adam(net.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
+    steps = int(hp["steps"])
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp["lr"], total_steps=steps, pct_start=0.1)
+    batch = min(256, len(xt))
+    for _ in range(steps):
+        idx = torch.randint(0, len(xt), (batch,), generator=gen)
+        loss = torch.mean((net(xt[idx]).squeeze(1) - yt[idx]) ** 2)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    lins = [m for m in net if isinstance(m, nn.Linear)]
+    return [(m.weight.detach().numpy().copy(), m.bias.detach().numpy().copy()) for m in lins]
+
+
+# ------------------------------------------------------------------------------------------------
+# scikit-learn models
+def make_sklearn_model(kind: str, hp: dict[str, Any], n_features: int):
+    """An unfitted scikit-learn model of `kind` (gbr, ridge, gp; the GP with `hp["theta"]` fixed if given)."""
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if kind == "gbr":
+        from sklearn.ensemble import GradientBoostingRegressor
+
+        return GradientBoostingRegressor(n_estimators=hp["n_estimators"], learning_rate=hp["learning_rate"],
+                                         max_depth=hp["max_depth"], subsample=hp["subsample"], random_state=hp["seed"])
+    if kind == "ridge":
+        from sklearn.linear_model import Ridge
+
+        return make_pipeline(StandardScaler(), Ridge(alpha=hp["alpha"]))
+    if kind == "gp":
+        from sklearn.gaussian_process import GaussianProcessRegressor
+        from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
+
+        theta = hp.get("theta")
+        kernel = (ConstantKernel(1.0, (1e-3, 1e3)) * RBF(np.full(n_features, 3.0), (1e-2, 1e3))
+                  + WhiteKernel(0.1, (1e-6, 1.0)))
+        if theta is not None:  # refit with the stored optimized hyperparameters, no optimizer run
+            kernel = kernel.clone_with_theta(np.asarray(theta, dtype=np.float64))
+            return make_pipeline(StandardScaler(), GaussianProcessRegressor(kernel, optimizer=None, normalize_y=True))
+        return make_pipeline(StandardScaler(), GaussianProcessRegressor(kernel, normalize_y=True, random_state=hp["seed"]))
+    raise OFAError(f"unknown accuracy predictor kind '{kind}'; known kinds: {', '.join(KINDS)}")
+
+
+def kind_features(kind: str, space: SpaceSpec, archs: Sequence[Arch], enc: OneHotEncoding,
+                  params: dict[str, Any]) -> np.ndarray:
+    """The matrix a `kind` predictor with hyperparameters `params` is fit on: its `features` set of the archs."""
+    which = params.get("features", _LEGACY_FEATURES[kind])
+    if which == "onehot":
+        return enc.encode_arrays(arch_arrays(space, archs))
+    rich = rich_features(space, archs)
+    if which == "rich":
+        return rich
+    if which == "rich+onehot":
+        return np.concatenate([rich, enc.encode_arrays(arch_arrays(space, archs))], axis=1)
+    raise OFAError(f"unknown feature set '{which}' for a {kind} predictor; allowed: onehot, rich, rich+onehot")
+
+
+__all__ = ["DEFAULT_HP", "KINDS", "kind_features", "make_sklearn_model", "mlp_forward", "train_mlp"]
