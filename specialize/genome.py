@@ -7,6 +7,7 @@ from typing import Sequence
 import numpy as np
 
 from elastic.arch import Arch
+from elastic.choice_indices import arch_choice_indices
 from elastic.errors import OFAError
 from elastic.spaces import SpaceSpec
 
@@ -112,8 +113,8 @@ class Genome:
             sp.validate(a)
             if a.r not in rs:
                 raise OFAError(f"arch at resolution {a.r} is outside this search's resolutions {rs}")
-            rows.append([sp.ks_choices.index(k) for k in a.ks] + [sp.e_choices.index(v) for v in a.e]
-                        + [sp.depth_choices(s).index(v) for s, v in enumerate(a.d)] + [rs.index(a.r)])
+            ki, ei, di, ri = arch_choice_indices(sp, a, rs)
+            rows.append([*ki, *ei, *di, ri])
         return np.asarray(rows, dtype=np.int64).reshape(len(rows), self.length)
 
     def mutate(self, parents: np.ndarray, rng: np.random.Generator, prob: float) -> np.ndarray:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from elastic.arch import Arch
+from elastic.choice_indices import arch_choice_indices
 from elastic.errors import OFAError
 from elastic.spaces import get_space
 from elastic.supernet import Supernet
@@ -115,13 +116,14 @@ def test_gated_forward_at_peaked_alphas_is_the_supernet_forward(space, supernet)
     alphas = SupernetAlphas(space, space.resolutions)
     rng = random.Random(3)
     arch = space.sample(rng)
+    ki, ei, di, ri = arch_choice_indices(space, arch)
     with torch.no_grad():
         for b in range(space.n_blocks):
-            alphas.k[b, space.ks_choices.index(arch.ks[b])] = 60.0
-            alphas.e[b, space.e_choices.index(arch.e[b])] = 60.0
+            alphas.k[b, ki[b]] = 60.0
+            alphas.e[b, ei[b]] = 60.0
         for s in range(space.n_stages):
-            alphas.d[s][space.depth_choices(s).index(arch.d[s])] = 60.0
-        alphas.r[space.resolutions.index(arch.r)] = 60.0
+            alphas.d[s][di[s]] = 60.0
+        alphas.r[ri] = 60.0
     x = torch.randn(4, 3, 28, 28)
     supernet.train()
     with search_mode(supernet):

@@ -35,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from elastic.arch import Arch
+from elastic.choice_indices import arch_choice_indices
 from elastic.errors import OFAError
 from elastic.spaces import SpaceSpec
 from specialize.proxyless.arch_step import ESTIMATORS, LossSettings, ReinforceState, arch_update
@@ -78,9 +79,8 @@ class SupernetAlphas(nn.Module):
 
     def encode(self, arch: Arch) -> list[int]:
         """The flat index vector of `arch` (inverse of `decode`)."""
-        sp = self.space
-        return ([sp.ks_choices.index(k) for k in arch.ks] + [sp.e_choices.index(e) for e in arch.e]
-                + [sp.depth_choices(s).index(d) for s, d in enumerate(arch.d)] + [self.resolutions.index(arch.r)])
+        ki, ei, di, ri = arch_choice_indices(self.space, arch, self.resolutions)
+        return [*ki, *ei, *di, ri]
 
     def argmax_indices(self) -> list[int]:
         return [int(torch.argmax(c.detach())) for c in self.choices()]
