@@ -176,9 +176,12 @@ class AccuracyPredictor:
                 return pred
             x = np.asarray(doc["train"]["x"], dtype=np.float64)
             y = np.asarray(doc["train"]["y"], dtype=np.float64)
+            if not (np.isfinite(x).all() and np.isfinite(y).all()):
+                raise ValueError("its training rows hold values that are not finite numbers")
             pred = cls._fit_xy(kind, space, enc, hp, x, y)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise OFAError(f"{path} is a damaged accuracy predictor file ({type(exc).__name__}: {exc})") from None
+            detail = " ".join(str(exc).split())   # one line, whatever the library's message looked like
+            raise OFAError(f"{path} is a damaged accuracy predictor file ({type(exc).__name__}: {detail})") from None
         report, meta, check = doc.get("report") or {}, doc.get("meta") or {}, doc.get("check")
         if not isinstance(report, dict) or not isinstance(meta, dict) or not (check is None or isinstance(check, dict)):
             raise OFAError(f"{path} is a damaged accuracy predictor file (report, meta and check must be JSON objects)")

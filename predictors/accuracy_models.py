@@ -6,7 +6,7 @@ Four kinds:
           autograd).
 - `gbr`   scikit-learn gradient boosting on the one-hot encoding.
 - `gp`    scikit-learn Gaussian process (constant * RBF with one length scale per feature + white noise) on
-          the standardized `rich_features`.
+          the standardized `ordinal_features` (every block's kernel and expand as values, depths, resolution).
 - `ridge` scikit-learn ridge regression on `rich_features` plus the one-hot.
 `make_sklearn_model` builds the scikit-learn ones, `kind_features` gives the matrix a kind is fit on, and
 `DEFAULT_HP` holds each kind's hyperparameters (the feature set among them).
@@ -21,21 +21,25 @@ import numpy as np
 from elastic.arch import Arch
 from elastic.errors import OFAError
 from elastic.spaces import SpaceSpec
-from predictors.encoding import OneHotEncoding, arch_arrays, rich_features
+from predictors.encoding import OneHotEncoding, arch_arrays, ordinal_features, rich_features
 
 KINDS = ("mlp", "gbr", "gp", "ridge")
 
-# `features`: what a kind is fit on -- "onehot" (OFA's encoding), "rich" (`rich_features`: per-stage sums, r,
-# log MACs/params) or "rich+onehot". Measured on 400 subnets of a Fashion-MNIST run (5-fold CV, Kendall tau):
+# `features`: what a kind is fit on -- "onehot" (OFA's encoding), "ordinal" (`ordinal_features`), "rich"
+# (`rich_features`: per-stage sums, r, log MACs/params) or "rich+onehot". Measured on 400 subnets of a Fashion-MNIST run (5-fold CV, Kendall tau):
 # gradient boosting 0.78 on the one-hot vs 0.72 on rich+onehot and 0.48 on rich alone (accuracy there depends on
 # which block takes which choice, not on stage sums); the MLP 0.755 with weight decay 3e-2 vs 0.67 with 1e-4.
 # On 800 subnets, depth-4 trees (800, lr 0.03) gave 0.837 vs 0.811 for depth 3 (400, lr 0.05); equal at 200-400.
+# "ordinal" (`ordinal_features`: each block's k and e as values, depths, r) for the GP: on the budgeted main job's
+# supernet (2026-12-03, `bench/predictor_label_noise.py`; 5-fold CV tau, 240 subnets on 5000 validation images /
+# the job's own 427 on its informative 2000) 0.80 / 0.81, against 0.50 / 0.58 for the GP on `rich` and 0.55 / 0.64
+# for gradient boosting on the one-hot; 100 subnets already rank the job's last 127 at tau 0.74 (0.47 for GBR).
 DEFAULT_HP: dict[str, dict[str, Any]] = {
     "mlp": {"hidden": [128, 128, 128], "steps": 600, "lr": 3e-3, "weight_decay": 3e-2, "seed": 0,
             "features": "onehot"},
     "gbr": {"n_estimators": 800, "learning_rate": 0.03, "max_depth": 4, "subsample": 0.8, "seed": 0,
             "features": "onehot"},
-    "gp": {"max_rows": 600, "seed": 0, "features": "rich"},
+    "gp": {"max_rows": 600, "seed": 0, "features": "ordinal"},
     "ridge": {"alpha": 1.0, "features": "rich+onehot"},
 }
 # files written before `features` was a hyperparameter used these
@@ -133,12 +137,14 @@ def kind_features(kind: str, space: SpaceSpec, archs: Sequence[Arch], enc: OneHo
     which = params.get("features", _LEGACY_FEATURES[kind])
     if which == "onehot":
         return enc.encode_arrays(arch_arrays(space, archs))
+    if which == "ordinal":
+        return ordinal_features(space, archs)
     rich = rich_features(space, archs)
     if which == "rich":
         return rich
     if which == "rich+onehot":
         return np.concatenate([rich, enc.encode_arrays(arch_arrays(space, archs))], axis=1)
-    raise OFAError(f"unknown feature set '{which}' for a {kind} predictor; allowed: onehot, rich, rich+onehot")
+    raise OFAError(f"unknown feature set '{which}' for a {kind} predictor; allowed: onehot, ordinal, rich, rich+onehot")
 
 
 __all__ = ["DEFAULT_HP", "KINDS", "kind_features", "make_sklearn_model", "mlp_forward", "train_mlp"]

@@ -7,6 +7,10 @@
   `(r - start) // step` (start 112, step 16, 8 slots for the published ImageNet predictor).
 - `rich_features`: a short, dense description for tree/kernel/linear regressors: per stage the depth and the sums
   of kernel sizes and expand ratios over the active blocks, the resolution, log-MACs and log-params.
+- `ordinal_features`: every choice as its value, block by block: per elastic block the kernel size and the expand
+  ratio (0 beyond the stage's active depth), per stage the depth, then the resolution. As long as the one-hot but
+  a tenth of its columns' count per choice, and ordered: a kernel regressor with one length scale per column (the
+  `gp` predictor) learns how far each block's choice moves accuracy.
 
 All functions work on whole batches (numpy, no per-arch Python beyond reading the fields).
 """
@@ -180,6 +184,19 @@ def rich_features(space: SpaceSpec, archs: Sequence[Arch], macs: np.ndarray | No
         cols += [a.d[:, s].astype(np.float64), (sel * ks_s).sum(1), (sel * e_s).sum(1), (sel * ks_s ** 2 * e_s).sum(1)]
     cols += [a.r.astype(np.float64), np.log(np.asarray(macs, dtype=np.float64)), np.log(np.asarray(params, dtype=np.float64))]
     return np.stack(cols, axis=1)
+
+
+def ordinal_features(space: SpaceSpec, archs: Sequence[Arch]) -> np.ndarray:
+    """(N, 2 * blocks + stages + 1): per block k and e (0 when inactive), per stage d, then r (float64)."""
+    a = arch_arrays(space, archs)
+    act = a.active
+    return np.concatenate([a.ks * act, a.e * act, a.d, a.r[:, None]], axis=1).astype(np.float64)
+
+
+def ordinal_feature_names(space: SpaceSpec) -> list[str]:
+    nb = space.n_blocks
+    return ([f"b{i}_kernel" for i in range(nb)] + [f"b{i}_expand" for i in range(nb)]
+            + [f"s{s}_depth" for s in range(space.n_stages)] + ["resolution"])
 
 
 def rich_feature_names(space: SpaceSpec) -> list[str]:

@@ -9,7 +9,8 @@ from hypothesis import given, settings, strategies as st
 from elastic import OFAError, get_space
 from predictors.accuracy import AccuracyPredictor, fit_accuracy_predictor, format_report
 from predictors.metrics import accuracy_quality, topk_hit_rate
-from predictors.encoding import OneHotEncoding, arch_arrays, arch_macs_params, rich_features
+from predictors.encoding import (OneHotEncoding, arch_arrays, arch_macs_params, ordinal_feature_names, ordinal_features,
+                                 rich_features)
 from predictors.ofa_predictor import SHIPPED, load_ofa_predictor
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -66,6 +67,19 @@ def test_rich_features_are_per_stage_sums():
     assert f[0, 0] == 4 and f[0, 1] == 4 * 7 and f[0, 2] == 4 * 6       # stage 0: depth, sum k, sum e
     assert f[1, 0] == 2 and f[1, 1] == 2 * 3 and f[1, 2] == 2 * 3
     assert f[0, -2] > f[1, -2]                                           # log MACs
+
+
+def test_ordinal_features_give_each_block_its_choice_and_zero_beyond_the_depth():
+    sp = get_space("mbv3-w1.0-small", n_classes=10)
+    rng = random.Random(3)
+    arch = sp.sample(rng)
+    f = ordinal_features(sp, [sp.largest(), arch])
+    nb, ns = sp.n_blocks, sp.n_stages
+    assert f.shape == (2, 2 * nb + ns + 1) == (2, len(ordinal_feature_names(sp)))
+    assert (f[0, :nb] == 7).all() and (f[0, nb:2 * nb] == 6).all() and (f[0, 2 * nb:-1] == 4).all()
+    active = arch_arrays(sp, [arch]).active[0]
+    assert (f[1, :nb][active] == np.asarray(arch.ks)[active]).all() and (f[1, :nb][~active] == 0).all()
+    assert (f[1, nb:2 * nb][~active] == 0).all() and list(f[1, 2 * nb:-1]) == list(arch.d) and f[1, -1] == arch.r
 
 
 def test_cross_validated_fit_ranks_held_out_subnets():

@@ -43,7 +43,9 @@ MAX_RESCALE = 3.0                 # a stage-start revision gives at most this ma
 # The accuracy predictor of the main job (quickstart scope). What a subnet's label costs: `calib` training
 # images to recalibrate BN plus `val` validation images; how many subnets: a share of what the budget leaves,
 # between a floor and a ceiling (see docs/results.md, "The main job within a time budget" for the measurements behind these).
-PREDICTOR_SHARE = 0.25
+# The share was 0.25 until the GP on ordinal features (predictors.accuracy_models): its held-out tau still rises
+# from 200 subnets (0.73) to 300-430 (0.82), while the supernet gains little from 10% more steps at this scale.
+PREDICTOR_SHARE = 0.35
 PREDICTOR_MIN, PREDICTOR_MAX = 30, 1500
 PREDICTOR_CALIB, PREDICTOR_VAL = 500, 2000
 # Labels on the informative images (`ofa.informative_images`): the first PILOT subnets on every validation image,
@@ -62,8 +64,12 @@ STAGE_EVALS = 2 * len(STAGES_EVALUATED)   # largest + smallest at each stage end
 # subnet), profiling (per subnet timed), the searches of the specialization, start-up (imports, data). From this
 # project's 2-core machines on a quiet and on a loaded day, see docs/results.md, "The main job within a time budget".
 REF_EVAL_IMAGE_S = 2.5e-4
-REF_COSTS = {"fit_base_s": 3.0, "fit_per_subnet_s": 0.05, "profile_per_subnet_s": 0.2, "specialize_s": 5.0,
-             "startup_s": 4.0}
+REF_COSTS = {"fit_base_s": 3.0, "fit_per_subnet_s": 0.05, "fit_gp_s": 16.0, "profile_per_subnet_s": 0.2,
+             "specialize_s": 5.0, "startup_s": 4.0}
+# The Gaussian-process predictor's fits (5 CV folds, held-out, final) grow faster than the rows: `fit_gp_s` x
+# (rows / 100) ** GP_FIT_EXPONENT, rows capped at its max_rows (measured 2026-12-03: 38 s at 200 subnets, 114 s at
+# 427 on a machine evaluating 5000 images/s).
+GP_FIT_EXPONENT, GP_MAX_ROWS = 1.5, 600
 
 
 # ---- durations --------------------------------------------------------------------------------------------
@@ -232,10 +238,15 @@ def label_images(n: int, calib: int, val: int, pilot: int = 0, fraction: float =
     return n * calib + p * val + (n - p) * fraction * val
 
 
+def fit_seconds(n: int, rates: Rates) -> float:
+    """Fitting the accuracy predictor on `n` subnets: every kind's cross-validation, the held-out and final fits."""
+    c = _fixed_costs(rates)
+    return c["fit_base_s"] + n * c["fit_per_subnet_s"] + c["fit_gp_s"] * (min(n, GP_MAX_ROWS) / 100) ** GP_FIT_EXPONENT
+
+
 def predictor_seconds(n: int, rates: Rates, calib: int = PREDICTOR_CALIB, val: int = PREDICTOR_VAL, pilot: int = 0,
                       fraction: float = 1.0) -> float:
-    c = _fixed_costs(rates)
-    return (n * (rates.eval_subnet_s + c["fit_per_subnet_s"]) + c["fit_base_s"]
+    return (n * rates.eval_subnet_s + fit_seconds(n, rates)
             + label_images(n, calib, val, pilot, fraction) * rates.eval_image_s)
 
 
@@ -243,10 +254,16 @@ def predictor_subnets_for(seconds: float, rates: Rates, calib: int = PREDICTOR_C
                           pilot: int = 0, fraction: float = 1.0, lo: int = PREDICTOR_MIN,
                           hi: int = PREDICTOR_MAX) -> int:
     """As many subnets as `seconds` pay for (collection and fitting), within [lo, hi]."""
-    c = _fixed_costs(rates)
-    per = rates.eval_subnet_s + c["fit_per_subnet_s"] + (calib + fraction * val) * rates.eval_image_s
-    pilot_extra = pilot * (1 - fraction) * val * rates.eval_image_s
-    return int(min(hi, max(lo, (seconds - c["fit_base_s"] - pilot_extra) // per)))
+    def cost(n: int) -> float:
+        return predictor_seconds(n, rates, calib, val, pilot, fraction)
+
+    if cost(lo) > seconds:
+        return int(lo)
+    good, bad = int(lo), int(hi) + 1    # cost rises with n: the largest n that fits, by bisection
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        good, bad = (mid, bad) if cost(mid) <= seconds else (good, mid)
+    return good
 
 
 def plan_budget(budget_s: float, rates: Rates, base_steps: dict[str, int], *, scope: str = "train",
