@@ -21,8 +21,6 @@ from pathlib import Path
 
 
 def measure(run: str, n: int, calib: int, seed: int, threads: int):
-    import dataclasses
-
     import numpy as np
     import torch
 
@@ -43,7 +41,9 @@ def measure(run: str, n: int, calib: int, seed: int, threads: int):
     archs = plan_subnets(space, n, seed=seed)
     out = rd.path / "predictors" / "label_noise" / f"outcomes_calib{calib}.npz"
     out.parent.mkdir(parents=True, exist_ok=True)
-    rows = list(np.load(out)["correct"]) if out.exists() else []
+    rows = list(np.load(out)["correct"])[:n] if out.exists() else []
+    if rows and len(rows[0]) != len(data.val):
+        raise SystemExit(f"{out} holds outcomes on {len(rows[0])} images, not {len(data.val)}: delete it to measure again")
     net, cache = rd.load_supernet(), {}
     for i in range(len(rows), n):
         sub = recalibrated(net, archs[i], data, calib, "cpu", cache)

@@ -90,6 +90,22 @@ def test_faster_machines_buy_more_of_everything_and_time_scales_it():
     assert hour.scale > 1 and hour.phase_steps["full"] > 858 and hour.phase_steps["expand/2"] > 472
 
 
+@pytest.mark.parametrize("seconds", [40.0, 120.0, 400.0, 2000.0])
+def test_predictor_gets_the_most_subnets_its_time_pays_for(seconds):
+    from ofa.training.time_budget import predictor_seconds, predictor_subnets_for
+
+    r = rates(0.4)
+    n = predictor_subnets_for(seconds, r, 500, 2000, 30, 0.4)
+    assert PREDICTOR_MIN <= n <= PREDICTOR_MAX
+    if n > PREDICTOR_MIN:
+        assert predictor_seconds(n, r, 500, 2000, 30, 0.4) <= seconds
+    if n < PREDICTOR_MAX:
+        assert predictor_seconds(n + 1, r, 500, 2000, 30, 0.4) > seconds
+    # the GP's fit grows faster than the rows: twice the time buys fewer than twice the subnets above its floor
+    if PREDICTOR_MIN < n < PREDICTOR_MAX // 2:
+        assert predictor_subnets_for(2 * seconds, r, 500, 2000, 30, 0.4) < 2 * n + 1
+
+
 def test_an_absurdly_slow_machine_runs_the_floor_and_says_so():
     plan = plan_budget(900, rates(40.0), QUICK_STEPS, scope="quickstart")
     assert plan.floor and plan.scale == MIN_SCALE

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from elastic.errors import OFAError
+from predictors.accuracy_models import DEFAULT_HP
 
 FORMAT = "ofa-time-budget/1"
 FILE_NAME = "time_budget.json"
@@ -69,7 +70,7 @@ REF_COSTS = {"fit_base_s": 3.0, "fit_per_subnet_s": 0.05, "fit_gp_s": 16.0, "pro
 # The Gaussian-process predictor's fits (5 CV folds, held-out, final) grow faster than the rows: `fit_gp_s` x
 # (rows / 100) ** GP_FIT_EXPONENT, rows capped at its max_rows (measured 2026-12-03: 38 s at 200 subnets, 114 s at
 # 427 on a machine evaluating 5000 images/s).
-GP_FIT_EXPONENT, GP_MAX_ROWS = 1.5, 600
+GP_FIT_EXPONENT = 1.5
 
 
 # ---- durations --------------------------------------------------------------------------------------------
@@ -241,7 +242,7 @@ def label_images(n: int, calib: int, val: int, pilot: int = 0, fraction: float =
 def fit_seconds(n: int, rates: Rates) -> float:
     """Fitting the accuracy predictor on `n` subnets: every kind's cross-validation, the held-out and final fits."""
     c = _fixed_costs(rates)
-    return c["fit_base_s"] + n * c["fit_per_subnet_s"] + c["fit_gp_s"] * (min(n, GP_MAX_ROWS) / 100) ** GP_FIT_EXPONENT
+    return c["fit_base_s"] + n * c["fit_per_subnet_s"] + c["fit_gp_s"] * (min(n, DEFAULT_HP["gp"]["max_rows"]) / 100) ** GP_FIT_EXPONENT
 
 
 def predictor_seconds(n: int, rates: Rates, calib: int = PREDICTOR_CALIB, val: int = PREDICTOR_VAL, pilot: int = 0,
