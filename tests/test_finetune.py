@@ -392,6 +392,10 @@ def test_two_process_ddp_equals_one_process(digits, tmp_path):
     start = ofa.load(src).state_dict()
     params = [k for k, _ in ofa.load(src).named_parameters()]
     assert max(float((a[k] - start[k]).abs().max()) for k in params) > 1e-3      # training moved the weights...
-    assert max(float((a[k] - b[k]).abs().max()) for k in params) < 1e-5        # ...identically
-    # BN statistics are re-estimated at the end: float sums in another order, relative to their scale
-    assert max(float((a[k] - b[k]).abs().max()) / max(1.0, float(a[k].abs().max())) for k in a) < 1e-4
+    # ...identically up to float summation order, relative to how far each weight moved: on an AMD EPYC the
+    # depthwise kernels' backward differs by 5.7e-5 on a weight that moved 0.12 (5e-4 of it); a sharding error
+    # (a gradient summed instead of averaged, a shard missing) differs by the order of the move itself
+    assert max(float((a[k] - b[k]).abs().max()) / max(1e-3, float((a[k] - start[k]).abs().max())) for k in params) < 2e-3
+    # BN statistics are re-estimated at the end, through those weights: float sums in another order, relative to
+    # their scale (1.2e-3 on the EPYC above, where the weights differ by 5e-4 of their move)
+    assert max(float((a[k] - b[k]).abs().max()) / max(1.0, float(a[k].abs().max())) for k in a) < 5e-3
