@@ -79,7 +79,7 @@ def _budgeted_predictor_data(rd, space, plan, clock: "_Clock", samples: int | No
     """The accuracy dataset of a budgeted job: labels on the informative images (`ofa.informative_images`), as many
     subnets as the time left pays for -- sized when training is over and again once the pilot has measured which
     share of the images is informative (each decision stored in the plan; a resume reuses it)."""
-    from ofa.accuracy_data import collect, dataset_paths, plan_subnets
+    from ofa.accuracy_data import collect, dataset_paths, plan_subnets, read_dataset
     from ofa.informative_images import informative_evaluator
     from ofa.training.time_budget import resize_predictor, save_plan
 
@@ -94,11 +94,15 @@ def _budgeted_predictor_data(rd, space, plan, clock: "_Clock", samples: int | No
     settings = {"data": rd.data_config(), "split": "val", "calib_images": p["calib_images"],
                 "limit": p["val_images"], "labels": "informative images", "pilot": p["pilot"]}
     csv_path = dataset_paths(rd.path)[0]
-    collect(space, csv_path, p["pilot"], evaluate, settings=settings, seed=seed, resume=True)
+    before, t0 = len(read_dataset(csv_path, space)), time.monotonic()
+    pilot_set = collect(space, csv_path, p["pilot"], evaluate, settings=settings, seed=seed, resume=True)
+    pilot_s, measured_now = time.monotonic() - t0, len(pilot_set) - before
     found = images()
     if not p.get("sized_after_pilot") and not samples:
         p["informative"] = found.fraction
-        p["subnets"], p["sized_after_pilot"] = resize_predictor(plan, clock.used(), p["pilot"]), 1
+        timed = measured_now == p["pilot"]   # the whole pilot ran in this process: its time calibrates the rest
+        p["subnets"] = resize_predictor(plan, clock.used(), p["pilot"], pilot_seconds=pilot_s if timed else None)
+        p["sized_after_pilot"] = 1
         save_plan(rd.path, plan)
         say(f"time budget: the pilot disagreed on {100 * found.fraction:.0f}% of the validation images; the others "
             f"are evaluated on those alone: {p['subnets']} subnets in all")

@@ -14,6 +14,7 @@ Four kinds:
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any, Sequence
 
 import numpy as np
@@ -34,12 +35,21 @@ KINDS = ("mlp", "gbr", "gp", "ridge")
 # supernet (2026-12-03, `bench/predictor_label_noise.py`; 5-fold CV tau, 240 subnets on 5000 validation images /
 # the job's own 427 on its informative 2000) 0.80 / 0.81, against 0.50 / 0.58 for the GP on `rich` and 0.55 / 0.64
 # for gradient boosting on the one-hot; 100 subnets already rank the job's last 127 at tau 0.74 (0.47 for GBR).
+# The GP's marginal-likelihood search is capped at GP_MAX_EVALS evaluations: on a budgeted main job's 216 subnets
+# (2026-12-03, 6 random held-out splits of 43) a cap of 50 gives held-out tau 0.695 against 0.692 uncapped, at a
+# quarter of the time (the uncapped search took 200-340 evaluations), and it makes the fit's cost predictable
+# (`gp_likelihood_seconds`). Its white-noise level is at least GP_NOISE_FLOOR of the labels' variance: left free
+# it fell to 0.004 (labels taken as exact), which over-trusts the data where the search looks hardest -- the nets
+# that job specialized were predicted 1.6 points above their test accuracy; with the floor at 0.05 (label sd
+# 0.33 points there, about the label noise of 2000 validation images) 1.1 points, tau 0.703.
+GP_MAX_EVALS = 60
+GP_NOISE_FLOOR = 0.05
 DEFAULT_HP: dict[str, dict[str, Any]] = {
     "mlp": {"hidden": [128, 128, 128], "steps": 600, "lr": 3e-3, "weight_decay": 3e-2, "seed": 0,
             "features": "onehot"},
     "gbr": {"n_estimators": 800, "learning_rate": 0.03, "max_depth": 4, "subsample": 0.8, "seed": 0,
             "features": "onehot"},
-    "gp": {"max_rows": 600, "seed": 0, "features": "ordinal"},
+    "gp": {"max_rows": 600, "seed": 0, "features": "ordinal", "max_evals": GP_MAX_EVALS, "noise_floor": GP_NOISE_FLOOR},
     "ridge": {"alpha": 1.0, "features": "rich+onehot"},
 }
 # files written before `features` was a hyperparameter used these
@@ -122,13 +132,44 @@ def make_sklearn_model(kind: str, hp: dict[str, Any], n_features: int):
         from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
 
         theta = hp.get("theta")
+        floor = float(hp.get("noise_floor", 1e-6))   # files written before the floor: sklearn's usual 1e-6
         kernel = (ConstantKernel(1.0, (1e-3, 1e3)) * RBF(np.full(n_features, 3.0), (1e-2, 1e3))
-                  + WhiteKernel(0.1, (1e-6, 1.0)))
+                  + WhiteKernel(max(0.1, floor), (floor, 1.0)))
         if theta is not None:  # refit with the stored optimized hyperparameters, no optimizer run
             kernel = kernel.clone_with_theta(np.asarray(theta, dtype=np.float64))
             return make_pipeline(StandardScaler(), GaussianProcessRegressor(kernel, optimizer=None, normalize_y=True))
-        return make_pipeline(StandardScaler(), GaussianProcessRegressor(kernel, normalize_y=True, random_state=hp["seed"]))
+        optimizer = partial(_lbfgs, max_evals=int(hp["max_evals"])) if hp.get("max_evals") else "fmin_l_bfgs_b"
+        return make_pipeline(StandardScaler(), GaussianProcessRegressor(kernel, optimizer=optimizer, normalize_y=True,
+                                                                        random_state=hp["seed"]))
     raise OFAError(f"unknown accuracy predictor kind '{kind}'; known kinds: {', '.join(KINDS)}")
+
+
+def _lbfgs(objective, theta0, bounds, max_evals: int):
+    """scikit-learn's GP optimizer (L-BFGS-B on the log marginal likelihood) with at most `max_evals` evaluations."""
+    from scipy.optimize import minimize
+
+    res = minimize(objective, theta0, method="L-BFGS-B", jac=True, bounds=bounds,
+                   options={"maxiter": max_evals, "maxfun": max_evals})
+    return res.x, res.fun
+
+
+def gp_likelihood_seconds(n_rows: int, n_features: int, repeats: int = 3) -> float:
+    """This machine's time for one evaluation of the GP's log marginal likelihood and its gradient (what each step
+    of its hyperparameter search costs) on `n_rows` x `n_features` random data: the best of `repeats`."""
+    import time
+
+    from sklearn.gaussian_process import GaussianProcessRegressor
+
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((n_rows, n_features)), rng.standard_normal(n_rows)
+    gp = make_sklearn_model("gp", {**DEFAULT_HP["gp"], "theta": None}, n_features)[-1]
+    gp = GaussianProcessRegressor(gp.kernel, optimizer=None, normalize_y=True).fit(x, y)
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        gp.log_marginal_likelihood(gp.kernel_.theta, eval_gradient=True)
+        best = min(best, time.perf_counter() - t0)
+    return best
 
 
 def kind_features(kind: str, space: SpaceSpec, archs: Sequence[Arch], enc: OneHotEncoding,
@@ -147,4 +188,4 @@ def kind_features(kind: str, space: SpaceSpec, archs: Sequence[Arch], enc: OneHo
     raise OFAError(f"unknown feature set '{which}' for a {kind} predictor; allowed: onehot, ordinal, rich, rich+onehot")
 
 
-__all__ = ["DEFAULT_HP", "KINDS", "kind_features", "make_sklearn_model", "mlp_forward", "train_mlp"]
+__all__ = ["DEFAULT_HP", "GP_MAX_EVALS", "GP_NOISE_FLOOR", "KINDS", "gp_likelihood_seconds", "kind_features", "make_sklearn_model", "mlp_forward", "train_mlp"]

@@ -253,3 +253,43 @@ def test_macs_params_come_from_the_batched_count_and_its_errors_surface(monkeypa
     monkeypatch.setattr(complexity, "macs", broken)
     with pytest.raises(AttributeError, match="a bug inside the batched count"):
         arch_macs_params(sp, archs)
+
+
+def _gp_search_calls(hp: dict, x: np.ndarray, y: np.ndarray) -> tuple[int, float]:
+    """(likelihood evaluations, fitted white-noise level) of a GP fit with hyperparameters `hp`."""
+    from predictors.accuracy_models import DEFAULT_HP, make_sklearn_model
+
+    model = make_sklearn_model("gp", {**DEFAULT_HP["gp"], **hp}, x.shape[1])
+    gp, calls = model[-1], [0]
+    search = gp.optimizer
+
+    def counted(objective, theta, bounds):
+        def f(t):
+            calls[0] += 1
+            return objective(t)
+        return search(f, theta, bounds=bounds)
+
+    gp.optimizer = counted
+    model.fit(x, y)
+    return calls[0], float(gp.kernel_.k2.noise_level)
+
+
+def test_gp_search_is_capped_and_its_noise_floored():
+    """The GP's likelihood search stops at `max_evals` (its fit cost is what the time budget plans) and its white
+    noise stays at or above `noise_floor` of the labels' variance even on noiseless labels."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((80, 6))
+    y = np.sin(x[:, 0]) + 0.5 * x[:, 1] ** 2            # smooth, no noise: left free the noise level collapses
+    capped, _ = _gp_search_calls({"max_evals": 5}, x, y)
+    free, free_noise = _gp_search_calls({"max_evals": 15000, "noise_floor": 1e-6}, x, y)
+    assert capped <= 6 < free
+    assert free_noise < 1e-3
+    _, floored = _gp_search_calls({"noise_floor": 0.05}, x, y)
+    assert floored >= 0.05 - 1e-12
+
+
+def test_gp_likelihood_step_cost_is_measured_and_grows_with_rows():
+    from predictors.accuracy_models import gp_likelihood_seconds
+
+    small, large = gp_likelihood_seconds(50, 20), gp_likelihood_seconds(400, 20)
+    assert 0 < small < large

@@ -266,3 +266,40 @@ def test_rerun_after_planning_reuses_the_plan(tmp_path):
     # (no stage ended: the plan's clock has not moved either)
     with pytest.raises(OFAError, match="plans a 2s train budget, not 5s train"):
         train(TrainConfig(**{**cfg.to_dict(), "time_budget": 5.0}), log=lambda m: None)
+
+
+def test_a_timed_pilot_calibrates_the_predictors_remaining_subnets():
+    """The pilot's measured time rescales the evaluations that follow it: a pilot that took twice its estimate
+    leaves fewer subnets, one that took half leaves more, one on time changes nothing."""
+    from ofa.training.time_budget import label_images
+
+    r = rates(0.6)
+    plan = plan_budget(900, r, QUICK_STEPS, scope="quickstart")
+    p = plan.predictor
+    est = plan.estimate_s
+    used = est["startup"] + est["measuring"] + est["train"] + est["stage_evals"]   # training on time: drift 1
+    pilot_est = p["pilot"] * r.eval_subnet_s + label_images(p["pilot"], p["calib_images"], p["val_images"],
+                                                            p["pilot"]) * r.eval_image_s
+    plain = resize_predictor(plan, used, p["pilot"])
+    assert resize_predictor(plan, used, p["pilot"], pilot_seconds=pilot_est) == plain
+    slow = resize_predictor(plan, used, p["pilot"], pilot_seconds=2 * pilot_est)
+    fast = resize_predictor(plan, used, p["pilot"], pilot_seconds=0.5 * pilot_est)
+    assert slow < plain < fast
+
+
+def test_gp_fit_cost_follows_the_measured_likelihood_step():
+    """With this machine's GP step measured, the fit's estimate is that step scaled to the fits' rows, times the
+    search's cap: proportional to the step, growing faster than the rows, flat beyond the row cap."""
+    from dataclasses import replace
+
+    from ofa.training.time_budget import gp_fit_seconds
+    from predictors.accuracy_models import DEFAULT_HP
+
+    measured = replace(rates(0.6), gp_eval_s=0.03, gp_features=46)
+    twice = replace(measured, gp_eval_s=0.06)
+    assert gp_fit_seconds(300, twice) == pytest.approx(2 * gp_fit_seconds(300, measured))
+    assert gp_fit_seconds(400, measured) > 2 * gp_fit_seconds(200, measured)
+    cap = DEFAULT_HP["gp"]["max_rows"]
+    assert gp_fit_seconds(5 * cap, measured) == pytest.approx(gp_fit_seconds(3 * cap, measured))
+    # one step at the reference rows: 5 CV fits, the held-out and the final fit of at most max_evals steps each
+    assert gp_fit_seconds(200, measured) < 7 * DEFAULT_HP["gp"]["max_evals"] * 0.03

@@ -157,10 +157,17 @@ def measure_rates(space: SpaceSpec, bundle: DataBundle, cfg: TrainConfig, device
             spent = clock() - t - t_extract
             fixed.append(t_extract)
             per_image.append(max(spent, 1e-9) / (calib + val))
+    gp_eval_s = gp_features = 0
+    if cfg.time_budget_scope == "quickstart":   # the job fits the accuracy predictor: what its GP's steps cost here
+        from ofa.training.time_budget import GP_REF_ROWS
+        from predictors.accuracy_models import gp_likelihood_seconds
+
+        gp_features = 2 * space.n_blocks + space.n_stages + 1   # predictors.encoding.ordinal_features
+        gp_eval_s = gp_likelihood_seconds(GP_REF_ROWS, gp_features)
     probe_s = clock() - t_start
     return Rates(batch=local_batch, full_step_s=t_full, elastic_step_s=per_phase,
                  eval_image_s=sum(per_image) / len(per_image), eval_subnet_s=sum(fixed) / len(fixed),
-                 probe_s=probe_s, threads=torch.get_num_threads())
+                 probe_s=probe_s, threads=torch.get_num_threads(), gp_eval_s=gp_eval_s, gp_features=gp_features)
 
 
 __all__ = ["measure_rates"]

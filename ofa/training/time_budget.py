@@ -46,7 +46,9 @@ MAX_RESCALE = 3.0                 # a stage-start revision gives at most this ma
 # between a floor and a ceiling (see docs/results.md, "The main job within a time budget" for the measurements behind these).
 # The share was 0.25 until the GP on ordinal features (predictors.accuracy_models): its held-out tau still rises
 # from 200 subnets (0.73) to 300-430 (0.82), while the supernet gains little from 10% more steps at this scale.
-PREDICTOR_SHARE = 0.35
+# 0.35 -> 0.45 (2026-12-03): a clean-clone job at 263 img/s got 216 subnets and held-out tau 0.74; 600 subnets of
+# that supernet rank a fixed 150 of them at tau 0.77 fit on 216, 0.79 on 300, 0.81 on 400 (3 draws each).
+PREDICTOR_SHARE = 0.45
 PREDICTOR_MIN, PREDICTOR_MAX = 30, 1500
 PREDICTOR_CALIB, PREDICTOR_VAL = 500, 2000
 # Labels on the informative images (`ofa.informative_images`): the first PILOT subnets on every validation image,
@@ -67,9 +69,12 @@ STAGE_EVALS = 2 * len(STAGES_EVALUATED)   # largest + smallest at each stage end
 REF_EVAL_IMAGE_S = 2.5e-4
 REF_COSTS = {"fit_base_s": 3.0, "fit_per_subnet_s": 0.05, "fit_gp_s": 16.0, "profile_per_subnet_s": 0.2,
              "specialize_s": 5.0, "startup_s": 4.0}
-# The Gaussian-process predictor's fits (5 CV folds, held-out, final) grow faster than the rows: `fit_gp_s` x
-# (rows / 100) ** GP_FIT_EXPONENT, rows capped at its max_rows (measured 2026-12-03: 38 s at 200 subnets, 114 s at
-# 427 on a machine evaluating 5000 images/s).
+# The Gaussian-process predictor's fits (5 CV folds, held-out, final): each at most `max_evals` evaluations of its
+# likelihood (`predictors.accuracy_models`), each evaluation timed on this machine at GP_REF_ROWS rows
+# (`Rates.gp_eval_s`) and scaled to other row counts m by (d m^2 + m^3) (the gradient's d matrices of m x m and
+# the Cholesky factor). Plans measured before that (no gp_eval_s) use the older fit: `fit_gp_s` x
+# (rows / 100) ** GP_FIT_EXPONENT at the reference speed.
+GP_REF_ROWS = 200
 GP_FIT_EXPONENT = 1.5
 
 
@@ -118,6 +123,8 @@ class Rates:
     eval_subnet_s: float             # fixed cost of evaluating one subnet (extraction, BN reset)
     probe_s: float = 0.0             # what measuring took
     threads: int = 1
+    gp_eval_s: float = 0.0           # one GP likelihood evaluation on GP_REF_ROWS rows (0: not measured)
+    gp_features: int = 0             # of the space's accuracy features (`predictors.encoding.ordinal_features`)
 
     @property
     def speed(self) -> float:
@@ -136,7 +143,7 @@ class Rates:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Rates":
         return cls(**{k: d[k] for k in ("batch", "full_step_s", "elastic_step_s", "eval_image_s", "eval_subnet_s",
-                                        "probe_s", "threads") if k in d})
+                                        "probe_s", "threads", "gp_eval_s", "gp_features") if k in d})
 
 
 # ---- the plan ----------------------------------------------------------------------------------------------
@@ -239,10 +246,27 @@ def label_images(n: int, calib: int, val: int, pilot: int = 0, fraction: float =
     return n * calib + p * val + (n - p) * fraction * val
 
 
+def gp_fit_seconds(n: int, rates: Rates, folds: int = 5, holdout: float = 0.2) -> float:
+    """The GP's fits on `n` subnets: `folds` CV fits on (1 - holdout)(1 - 1/folds) of the rows, the held-out fit on
+    (1 - holdout), the final fit on all (rows capped at its max_rows), each at most `max_evals` likelihood steps."""
+    hp = DEFAULT_HP["gp"]
+    cap = hp["max_rows"]
+    if not rates.gp_eval_s or not rates.gp_features:
+        return _fixed_costs(rates)["fit_gp_s"] * (min(n, cap) / 100) ** GP_FIT_EXPONENT
+    d = rates.gp_features
+
+    def step(m: float) -> float:
+        m = min(m, cap)
+        return rates.gp_eval_s * (d * m * m + m ** 3) / (d * GP_REF_ROWS ** 2 + GP_REF_ROWS ** 3)
+
+    train = (1 - holdout) * n
+    return hp["max_evals"] * (folds * step(train * (1 - 1 / folds)) + step(train) + step(n))
+
+
 def fit_seconds(n: int, rates: Rates) -> float:
     """Fitting the accuracy predictor on `n` subnets: every kind's cross-validation, the held-out and final fits."""
     c = _fixed_costs(rates)
-    return c["fit_base_s"] + n * c["fit_per_subnet_s"] + c["fit_gp_s"] * (min(n, DEFAULT_HP["gp"]["max_rows"]) / 100) ** GP_FIT_EXPONENT
+    return c["fit_base_s"] + n * c["fit_per_subnet_s"] + gp_fit_seconds(n, rates)
 
 
 def predictor_seconds(n: int, rates: Rates, calib: int = PREDICTOR_CALIB, val: int = PREDICTOR_VAL, pilot: int = 0,
@@ -332,12 +356,15 @@ def plan_budget(budget_s: float, rates: Rates, base_steps: dict[str, int], *, sc
     return plan
 
 
-def resize_predictor(plan: BudgetPlan, spent_s: float, measured_so_far: int = 0) -> int:
+def resize_predictor(plan: BudgetPlan, spent_s: float, measured_so_far: int = 0,
+                     pilot_seconds: float | None = None) -> int:
     """Subnets for the predictor from what the budget has left (`spent_s` used so far, `measured_so_far` subnets
     already measured), at the informative share of images in `plan.predictor`.
 
     The later parts' estimates are scaled by how the training's estimate compared with its real time (a machine
-    that slowed down since it was measured is slower for the rest too)."""
+    that slowed down since it was measured is slower for the rest too). `pilot_seconds`: what measuring the
+    pilot's `measured_so_far` subnets took in this process; the subnet evaluations that follow are then scaled by
+    how that compared with its estimate instead (the same work, timed just before)."""
     assert plan.predictor is not None
     est = plan.estimate_s
     planned_so_far = est["startup"] + est["measuring"] + est["train"] + est["stage_evals"]
@@ -348,9 +375,15 @@ def resize_predictor(plan: BudgetPlan, spent_s: float, measured_so_far: int = 0)
     after = (est.get("profile", 0.0) + est.get("specialize", 0.0)) * drift
     left = TARGET * plan.budget_s - spent_s - after
     rates = plan.rates
-    slowed = Rates(**{**rates.to_dict(), "eval_image_s": rates.eval_image_s * drift,
-                      "eval_subnet_s": rates.eval_subnet_s * drift, "full_step_s": rates.full_step_s * drift})
     p = plan.predictor
+    eval_drift = drift
+    if pilot_seconds and measured_so_far:
+        planned = (measured_so_far * rates.eval_subnet_s
+                   + label_images(measured_so_far, p["calib_images"], p["val_images"], measured_so_far) * rates.eval_image_s)
+        if planned > 0:
+            eval_drift = min(MAX_DRIFT, max(MIN_DRIFT, pilot_seconds / planned))
+    slowed = Rates(**{**rates.to_dict(), "eval_image_s": rates.eval_image_s * eval_drift,
+                      "eval_subnet_s": rates.eval_subnet_s * eval_drift, "full_step_s": rates.full_step_s * drift})
     pilot_left = max(0, p.get("pilot", 0) - measured_so_far)
     more = predictor_subnets_for(left, slowed, p["calib_images"], p["val_images"], pilot_left,
                                  p.get("informative", 1.0), lo=0)
