@@ -72,10 +72,13 @@ class InformativeImages:
 
 
 def informative_evaluator(run_path: str | Path, pilot: Sequence[Arch], *, calib_images: int, limit: int | None,
-                          split: str = "val", device: str = "cpu") -> tuple[Callable[[Arch], float], Callable[[], Any]]:
+                          split: str = "val", device: str = "cpu",
+                          uncapped: bool = False) -> tuple[Callable[[Arch], float], Callable[[], Any]]:
     """`evaluate(arch) -> accuracy` for `ofa.accuracy_data.collect`: the `pilot` subnets (the plan's first) on the
     whole split (their outcomes found once, stored, reused), every other one on the informative images only.
-    Also returns `images()`, the InformativeImages (None until the pilot is measured)."""
+    Also returns `images()`, the InformativeImages (None until the pilot is measured). `uncapped`: the split as
+    carved for the run, without the run's `eval_size` cap (the capped images are its first ones), so that labels
+    can use more images than the stage-end evaluations do; `limit` still caps it."""
     from ofa import atomic
     from ofa.data import subset
     from ofa.run_dir import RunDir
@@ -88,7 +91,8 @@ def informative_evaluator(run_path: str | Path, pilot: Sequence[Arch], *, calib_
 
     def load() -> None:
         if "net" not in state:
-            state["net"], state["data"], state["calib"] = rd.load_supernet().to(device), rd.load_data(), {}
+            data = rd.load_data(uncapped=uncapped)
+            state["net"], state["data"], state["calib"] = rd.load_supernet().to(device), data, {}
 
     def images() -> InformativeImages | None:
         if "images" not in state and path.exists():

@@ -90,7 +90,8 @@ def _budgeted_predictor_data(rd, space, plan, clock: "_Clock", samples: int | No
         say(f"time budget: {format_duration(clock.used())} used; the accuracy predictor gets {p['subnets']} subnets "
             f"(the first {p['pilot']} on all {p['val_images']} validation images)")
     pilot = plan_subnets(space, p["pilot"], seed)
-    evaluate, images = informative_evaluator(rd.path, pilot, calib_images=p["calib_images"], limit=p["val_images"])
+    evaluate, images = informative_evaluator(rd.path, pilot, calib_images=p["calib_images"], limit=p["val_images"],
+                                             uncapped=True)
     settings = {"data": rd.data_config(), "split": "val", "calib_images": p["calib_images"],
                 "limit": p["val_images"], "labels": "informative images", "pilot": p["pilot"]}
     csv_path = dataset_paths(rd.path)[0]

@@ -94,10 +94,12 @@ class RunDir:
             raise OFAError(f"{self.data_file} must be a JSON object with at least a 'name' field")
         return cfg
 
-    def load_data(self):
+    def load_data(self, uncapped: bool = False):
+        """The run's data; `uncapped`: without its `eval_size` cap on val and test (the capped images come first)."""
         from ofa.data import data_from_config
 
-        return data_from_config(self.data_config())
+        cfg = self.data_config()
+        return data_from_config({**cfg, "eval_size": None} if uncapped else cfg)
 
     # ---- weights -----------------------------------------------------------------------------------
     def save_weights(self, model: torch.nn.Module, space: SpaceSpec, stage: str | None = None,
