@@ -175,7 +175,7 @@ def quickstart(run: str | Path = "checkpoints/quickstart", *, data: str | dict[s
     say(format_report(acc_pred.report))
     tau = acc_pred.report.get("holdout", {}).get("kendall_tau")
     if tau is not None and tau < WEAK_TAU:
-        say(f"note: the accuracy predictor ranks held-out subnets poorly (Kendall tau {tau:.2f} < {WEAK_TAU}): the "
+        say(f"note: the accuracy predictor ranks held-out subnets poorly (Kendall tau {tau:.3f} < {WEAK_TAU}): the "
             f"specialized nets' predicted accuracies below are rough; a longer --time-budget measures more subnets")
     timings["predictor_s"] = time.monotonic() - t0
     _milestone(rd, plan, clock, "predictor")

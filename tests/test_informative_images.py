@@ -99,3 +99,17 @@ def test_collect_with_informative_labels_resumes(random_run, tmp_path):
     more = collect(space, csv_path, 9, evaluate, seed=0, resume=True, progress=False)
     assert more.archs[:4] == first.archs and len(more) == 9
     assert more.accuracies[:4] == pytest.approx([images().pilot_accuracy[a] for a in pilot], abs=1e-6)
+
+
+def test_uncapped_labels_use_the_split_beyond_the_runs_eval_cap(random_run, tmp_path):
+    """`uncapped`: the pilot sees the whole carved validation split (digits: 216 images here), not the run's
+    64-image `eval_size` cap, and the capped images are its first ones."""
+    random_run = _copy(random_run, tmp_path)
+    space = random_run.load_space()
+    capped, whole = random_run.load_data(), random_run.load_data(uncapped=True)
+    assert len(capped.val) == 64 < len(whole.val)
+    assert torch.equal(whole.val.labels[:64], capped.val.labels)
+    pilot = plan_subnets(space, 3, seed=0)
+    evaluate, images = informative_evaluator(random_run.path, pilot, calib_images=32, limit=None, uncapped=True)
+    evaluate(pilot[0])
+    assert images().n_images == len(whole.val)
