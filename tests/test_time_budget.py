@@ -17,7 +17,8 @@ from elastic.errors import OFAError
 from ofa.run_dir import RunDir
 from ofa.training import TrainConfig, train
 from ofa.training.schedule import QUICK_PHASE_STEPS
-from ofa.training.time_budget import (MIN_PHASE_STEPS, MIN_SCALE, PREDICTOR_MAX, PREDICTOR_MIN, TARGET, BudgetPlan,
+from ofa.training.time_budget import (MIN_PHASE_STEPS, MIN_SCALE, PREDICTOR_CALIB, PREDICTOR_MAX, PREDICTOR_MIN,
+                                      PREDICTOR_VAL, TARGET, BudgetPlan,
                                       Rates, load_plan, parse_budget_option, parse_duration, plan_budget,
                                       predictor_seconds, render_plan, resize_predictor, revise_steps, save_plan,
                                       stored_plan_for, train_seconds)
@@ -71,9 +72,9 @@ def test_plan_lands_on_the_budget_with_the_schedules_proportions(scope, step_s):
     if scope == "quickstart":
         assert PREDICTOR_MIN <= plan.predictor["subnets"] <= PREDICTOR_MAX
         p = plan.predictor
-        assert p["pilot"] <= p["subnets"] and p["calib_images"] == 500 and p["val_images"] == 2000
-        assert est["predictor"] == pytest.approx(predictor_seconds(p["subnets"], r, 500, 2000, p["pilot"],
-                                                                   p["informative"]))
+        assert p["pilot"] <= p["subnets"] and p["calib_images"] == PREDICTOR_CALIB and p["val_images"] == PREDICTOR_VAL
+        assert est["predictor"] == pytest.approx(predictor_seconds(p["subnets"], r, PREDICTOR_CALIB, PREDICTOR_VAL,
+                                                                   p["pilot"], p["informative"]))
         assert {"profile", "specialize"} <= est.keys()
     else:
         assert plan.predictor is None and "profile" not in est
