@@ -37,7 +37,7 @@ KINDS = ("mlp", "gbr", "gp", "ridge")
 # for gradient boosting on the one-hot; 100 subnets already rank the job's last 127 at tau 0.74 (0.47 for GBR).
 # The GP's marginal-likelihood search is capped at GP_MAX_EVALS evaluations: on a budgeted main job's 216 subnets
 # (2026-12-03, 6 random held-out splits of 43) a cap of 50 gives held-out tau 0.695 against 0.692 uncapped, at a
-# quarter of the time (the uncapped search took 200-340 evaluations), and it makes the fit's cost predictable
+# quarter of the time (the uncapped search took 200-340 evaluations; 60 leaves a margin), and it makes the fit's cost predictable
 # (`gp_likelihood_seconds`). Its white-noise level is at least GP_NOISE_FLOOR of the labels' variance: left free
 # it fell to 0.004 (labels taken as exact), which over-trusts the data where the search looks hardest -- the nets
 # that job specialized were predicted 1.6 points above their test accuracy; with the floor at 0.05 (label sd
@@ -162,8 +162,8 @@ def gp_likelihood_seconds(n_rows: int, n_features: int, repeats: int = 3) -> flo
 
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((n_rows, n_features)), rng.standard_normal(n_rows)
-    gp = make_sklearn_model("gp", {**DEFAULT_HP["gp"], "theta": None}, n_features)[-1]
-    gp = GaussianProcessRegressor(gp.kernel, optimizer=None, normalize_y=True).fit(x, y)
+    kernel = make_sklearn_model("gp", DEFAULT_HP["gp"], n_features)[-1].kernel   # the kernel the search tunes
+    gp = GaussianProcessRegressor(kernel, optimizer=None, normalize_y=True).fit(x, y)
     best = math.inf
     for _ in range(repeats):
         t0 = time.perf_counter()

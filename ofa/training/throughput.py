@@ -161,8 +161,9 @@ def measure_rates(space: SpaceSpec, bundle: DataBundle, cfg: TrainConfig, device
     if cfg.time_budget_scope == "quickstart":   # the job fits the accuracy predictor: what its GP's steps cost here
         from ofa.training.time_budget import GP_REF_ROWS
         from predictors.accuracy_models import gp_likelihood_seconds
+        from predictors.encoding import ordinal_feature_names
 
-        gp_features = 2 * space.n_blocks + space.n_stages + 1   # predictors.encoding.ordinal_features
+        gp_features = len(ordinal_feature_names(space))
         gp_eval_s = gp_likelihood_seconds(GP_REF_ROWS, gp_features)
     probe_s = clock() - t_start
     return Rates(batch=local_batch, full_step_s=t_full, elastic_step_s=per_phase,
