@@ -81,7 +81,7 @@ def _budgeted_predictor_data(rd, space, plan, clock: "_Clock", samples: int | No
     share of the images is informative (each decision stored in the plan; a resume reuses it)."""
     from ofa.accuracy_data import collect, dataset_paths, plan_subnets, read_dataset
     from ofa.informative_images import informative_evaluator
-    from ofa.training.time_budget import resize_predictor, save_plan
+    from ofa.training.time_budget import STEADY_SUBNETS, resize_predictor, save_plan
 
     p = plan.predictor
     if not p.get("sized") and not samples:
@@ -107,6 +107,18 @@ def _budgeted_predictor_data(rd, space, plan, clock: "_Clock", samples: int | No
         save_plan(rd.path, plan)
         say(f"time budget: the pilot disagreed on {100 * found.fraction:.0f}% of the validation images; the others "
             f"are evaluated on those alone: {p['subnets']} subnets in all")
+    steady = p["pilot"] + STEADY_SUBNETS
+    if not p.get("sized_steady") and not samples and p["subnets"] >= steady + 2 * STEADY_SUBNETS:
+        before, t0 = len(read_dataset(csv_path, space)), time.monotonic()
+        done = collect(space, csv_path, steady, evaluate, settings=settings, seed=seed, resume=True)
+        seconds, measured_now = time.monotonic() - t0, len(done) - before
+        if measured_now == STEADY_SUBNETS:   # all of them timed in this process, none resumed
+            was = p["subnets"]
+            p["subnets"] = resize_predictor(plan, clock.used(), steady, recent=(STEADY_SUBNETS, seconds))
+            say(f"time budget: {STEADY_SUBNETS} subnets on the informative images took {seconds:.1f} s; "
+                f"{p['subnets']} subnets in all (was {was})")
+        p["sized_steady"] = 1
+        save_plan(rd.path, plan)
     return collect(space, csv_path, max(p["subnets"], p["pilot"]), evaluate, settings=settings, seed=seed,
                    resume=True)
 

@@ -10,7 +10,7 @@
 - `ordinal_features`: every choice as its value, block by block: per elastic block the kernel size and the expand
   ratio (0 beyond the stage's active depth), per stage the depth, then the resolution. As long as the one-hot but
   a tenth of its columns' count per choice, and ordered: a kernel regressor with one length scale per column (the
-  `gp` predictor) learns how far each block's choice moves accuracy.
+  `gp` predictor) learns how far each block's choice moves accuracy. `ordinal_macs_features` adds log MACs.
 
 All functions work on whole batches (numpy, no per-arch Python beyond reading the fields).
 """
@@ -197,6 +197,17 @@ def ordinal_feature_names(space: SpaceSpec) -> list[str]:
     nb = space.n_blocks
     return ([f"b{i}_kernel" for i in range(nb)] + [f"b{i}_expand" for i in range(nb)]
             + [f"s{s}_depth" for s in range(space.n_stages)] + ["resolution"])
+
+
+def ordinal_macs_features(space: SpaceSpec, archs: Sequence[Arch]) -> np.ndarray:
+    """`ordinal_features` and one more column, log MACs: the net's size in one number, which no single choice
+    column carries."""
+    macs, _ = arch_macs_params(space, archs)
+    return np.concatenate([ordinal_features(space, archs), np.log(np.asarray(macs, dtype=np.float64))[:, None]], axis=1)
+
+
+def ordinal_macs_feature_names(space: SpaceSpec) -> list[str]:
+    return ordinal_feature_names(space) + ["log_macs"]
 
 
 def rich_feature_names(space: SpaceSpec) -> list[str]:

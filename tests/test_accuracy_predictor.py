@@ -82,6 +82,20 @@ def test_ordinal_features_give_each_block_its_choice_and_zero_beyond_the_depth()
     assert (f[1, nb:2 * nb][~active] == 0).all() and list(f[1, 2 * nb:-1]) == list(arch.d) and f[1, -1] == arch.r
 
 
+def test_the_gps_features_are_the_ordinal_ones_and_log_macs():
+    from elastic.netspec import net_macs
+    from predictors.accuracy_models import feature_count
+    from predictors.encoding import ordinal_macs_feature_names, ordinal_macs_features
+
+    sp = get_space("mbv3-w1.0-small", n_classes=10)
+    archs = [sp.largest(), sp.smallest(), sp.sample(random.Random(4))]
+    f = ordinal_macs_features(sp, archs)
+    assert f.shape[1] == len(ordinal_macs_feature_names(sp)) == feature_count("gp", sp) == len(ordinal_feature_names(sp)) + 1
+    assert np.array_equal(f[:, :-1], ordinal_features(sp, archs))
+    assert np.allclose(f[:, -1], [np.log(net_macs(sp.net_spec(a))) for a in archs])
+    assert f[0, -1] > f[2, -1] > f[1, -1]
+
+
 def test_cross_validated_fit_ranks_held_out_subnets():
     sp, archs, acc = synthetic(160)
     pred = fit_accuracy_predictor(sp, archs, acc, kinds=("ridge", "gbr"), folds=3, holdout=0.25, seed=0,

@@ -288,6 +288,35 @@ def test_a_timed_pilot_calibrates_the_predictors_remaining_subnets():
     assert slow < plain < fast
 
 
+def test_timed_labels_after_the_pilot_size_the_rest():
+    """The subnets timed after the pilot (informative images only: the work that remains) rescale what follows
+    them, whatever the pilot said: on time leaves the drift-1 size, twice as slow fewer, half as slow more; and
+    the fit is costed on every subnet, not only the ones still to measure."""
+    from ofa.training.time_budget import STEADY_SUBNETS, label_images
+
+    r = rates(0.6)
+    plan = plan_budget(900, r, QUICK_STEPS, scope="quickstart")
+    p = plan.predictor
+    p["informative"] = 0.4
+    est = plan.estimate_s
+    used = est["startup"] + est["measuring"] + est["train"] + est["stage_evals"]
+    done = p["pilot"] + STEADY_SUBNETS
+    on_time = STEADY_SUBNETS * r.eval_subnet_s + label_images(STEADY_SUBNETS, p["calib_images"], p["val_images"],
+                                                              0, 0.4) * r.eval_image_s
+    plain = resize_predictor(plan, used, done)
+    assert resize_predictor(plan, used, done, pilot_seconds=10 * on_time, recent=(STEADY_SUBNETS, on_time)) == plain
+    slow = resize_predictor(plan, used, done, recent=(STEADY_SUBNETS, 2 * on_time))
+    fast = resize_predictor(plan, used, done, recent=(STEADY_SUBNETS, 0.5 * on_time))
+    assert done < slow < plain < fast
+    # the estimate behind the size: measuring the rest plus fitting on all of them fits in what is left
+    left = TARGET * 900 - used - (est["profile"] + est["specialize"])
+    more = plain - done
+    assert predictor_seconds(more, r, p["calib_images"], p["val_images"], 0, 0.4, measured=done) <= left
+    assert predictor_seconds(more + 1, r, p["calib_images"], p["val_images"], 0, 0.4, measured=done) > left
+    assert predictor_seconds(more, r, p["calib_images"], p["val_images"], 0, 0.4, measured=done) > \
+        predictor_seconds(more, r, p["calib_images"], p["val_images"], 0, 0.4)
+
+
 def test_gp_fit_cost_follows_the_measured_likelihood_step():
     """With this machine's GP step measured, the fit's estimate is that step scaled to the fits' rows, times the
     search's cap: proportional to the step, growing faster than the rows, flat beyond the row cap."""
@@ -304,3 +333,61 @@ def test_gp_fit_cost_follows_the_measured_likelihood_step():
     assert gp_fit_seconds(5 * cap, measured) == pytest.approx(gp_fit_seconds(3 * cap, measured))
     # one step at the reference rows: 5 CV fits, the held-out and the final fit of at most max_evals steps each
     assert gp_fit_seconds(200, measured) < 7 * DEFAULT_HP["gp"]["max_evals"] * 0.03
+
+
+def test_the_main_jobs_predictor_is_sized_after_the_pilot_and_again_after_steady_labels(tmp_path, monkeypatch):
+    """`ofa.quickstart`'s budgeted labels, with the evaluations and the clock faked: a pilot on time keeps the
+    planned size; the next STEADY_SUBNETS labels, taking twice their estimate, shrink the rest; the decisions are
+    stored, and a resumed job measures nothing again and resizes nothing."""
+    import types
+
+    import numpy as np
+
+    import ofa.informative_images as informative
+    import ofa.quickstart as qs
+    from elastic.spaces import get_space
+    from ofa.accuracy_data import dataset_paths, read_dataset
+    from ofa.informative_images import InformativeImages
+    from ofa.training.time_budget import STEADY_SUBNETS, label_images, load_plan, save_plan
+
+    space = get_space("mbv3-w1.0-small", n_classes=10)
+    rd = RunDir(tmp_path / "run")
+    rd.create()
+    rd.save_space(space)
+    rd.save_data_config({"name": "digits", "subset_size": 96, "eval_size": 64})
+    r = rates(0.6)
+    plan = plan_budget(900, r, QUICK_STEPS, scope="quickstart")
+    p = plan.predictor
+    est = plan.estimate_s
+    fake = types.SimpleNamespace(now=0.0)
+    fake.monotonic = lambda: fake.now
+    monkeypatch.setattr(qs, "time", fake)
+    clock = qs._Clock()
+    fake.now = est["startup"] + est["measuring"] + est["train"] + est["stage_evals"]   # training on time
+    fraction = 0.4
+    per_pilot = r.eval_subnet_s + label_images(1, p["calib_images"], p["val_images"], 1) * r.eval_image_s
+    per_later = r.eval_subnet_s + label_images(1, p["calib_images"], p["val_images"], 0, fraction) * r.eval_image_s
+    measured = []
+
+    def fake_evaluator(path, pilot, **kw):
+        found = InformativeImages(np.arange(40), 50, 100, {a: 0.5 for a in pilot})
+
+        def evaluate(arch):
+            fake.now += per_pilot if arch in found.pilot_accuracy else 2 * per_later
+            measured.append(arch)
+            return 0.5 + 0.001 * (len(measured) % 7)
+        return evaluate, lambda: found
+
+    monkeypatch.setattr(informative, "informative_evaluator", fake_evaluator)
+    said = []
+    data = qs._budgeted_predictor_data(rd, space, plan, clock, None, 0, said.append)
+    stored = load_plan(rd.path).predictor
+    after_pilot = int(next(m for m in said if "pilot disagreed" in m).split(": ")[-1].split()[0])
+    assert stored["sized"] == stored["sized_after_pilot"] == stored["sized_steady"] == 1
+    assert any(f"{STEADY_SUBNETS} subnets on the informative images took" in m for m in said)
+    assert p["pilot"] + STEADY_SUBNETS < stored["subnets"] < after_pilot
+    assert len(data) == len(read_dataset(dataset_paths(rd.path)[0], space)) == stored["subnets"] == len(measured)
+    # a resumed job follows the stored sizes: nothing measured, nothing resized
+    said.clear()
+    again = qs._budgeted_predictor_data(rd, space, load_plan(rd.path), qs._Clock(fake.now), None, 0, said.append)
+    assert len(again) == stored["subnets"] == len(measured) and not said

@@ -160,10 +160,9 @@ def measure_rates(space: SpaceSpec, bundle: DataBundle, cfg: TrainConfig, device
     gp_eval_s = gp_features = 0
     if cfg.time_budget_scope == "quickstart":   # the job fits the accuracy predictor: what its GP's steps cost here
         from ofa.training.time_budget import GP_REF_ROWS
-        from predictors.accuracy_models import gp_likelihood_seconds
-        from predictors.encoding import ordinal_feature_names
+        from predictors.accuracy_models import feature_count, gp_likelihood_seconds
 
-        gp_features = len(ordinal_feature_names(space))
+        gp_features = feature_count("gp", space)
         gp_eval_s = gp_likelihood_seconds(GP_REF_ROWS, gp_features)
     probe_s = clock() - t_start
     return Rates(batch=local_batch, full_step_s=t_full, elastic_step_s=per_phase,

@@ -60,6 +60,9 @@ PREDICTOR_CALIB, PREDICTOR_VAL = 500, 5000
 # the others on the images those disagreed on -- INFORMATIVE_GUESS of them until the pilot has measured it.
 PILOT_MIN, PILOT_MAX, PILOT_SHARE = 10, 30, 0.2
 INFORMATIVE_GUESS = 0.5
+# Then the next STEADY_SUBNETS subnets (labels on the informative images alone: the work that remains) are timed
+# and the rest sized once more from their time, where at least twice as many would follow them.
+STEADY_SUBNETS = 20
 # The cpu latency profile: (fitting, test) subnets and timing rounds; the smaller one when time is short.
 PROFILE_FULL, PROFILE_SMALL = (40, 12, 5), (20, 6, 5)
 PROFILE_SHARE = 0.06              # the small one when the full one would take more than this share of the budget
@@ -129,7 +132,7 @@ class Rates:
     probe_s: float = 0.0             # what measuring took
     threads: int = 1
     gp_eval_s: float = 0.0           # one GP likelihood evaluation on GP_REF_ROWS rows (0: not measured)
-    gp_features: int = 0             # of the space's accuracy features (`predictors.encoding.ordinal_features`)
+    gp_features: int = 0             # columns the GP is fit on (`predictors.accuracy_models.feature_count`)
 
     @property
     def speed(self) -> float:
@@ -275,17 +278,19 @@ def fit_seconds(n: int, rates: Rates) -> float:
 
 
 def predictor_seconds(n: int, rates: Rates, calib: int = PREDICTOR_CALIB, val: int = PREDICTOR_VAL, pilot: int = 0,
-                      fraction: float = 1.0) -> float:
-    return (n * rates.eval_subnet_s + fit_seconds(n, rates)
+                      fraction: float = 1.0, measured: int = 0) -> float:
+    """Measuring `n` more subnets and fitting the predictor on them and the `measured` ones before them."""
+    return (n * rates.eval_subnet_s + fit_seconds(n + measured, rates)
             + label_images(n, calib, val, pilot, fraction) * rates.eval_image_s)
 
 
 def predictor_subnets_for(seconds: float, rates: Rates, calib: int = PREDICTOR_CALIB, val: int = PREDICTOR_VAL,
                           pilot: int = 0, fraction: float = 1.0, lo: int = PREDICTOR_MIN,
-                          hi: int = PREDICTOR_MAX) -> int:
-    """As many subnets as `seconds` pay for (collection and fitting), within [lo, hi]."""
+                          hi: int = PREDICTOR_MAX, measured: int = 0) -> int:
+    """As many more subnets as `seconds` pay for (collection, and fitting on them and `measured` others), within
+    [lo, hi]."""
     def cost(n: int) -> float:
-        return predictor_seconds(n, rates, calib, val, pilot, fraction)
+        return predictor_seconds(n, rates, calib, val, pilot, fraction, measured)
 
     if cost(lo) > seconds:
         return int(lo)
@@ -362,14 +367,17 @@ def plan_budget(budget_s: float, rates: Rates, base_steps: dict[str, int], *, sc
 
 
 def resize_predictor(plan: BudgetPlan, spent_s: float, measured_so_far: int = 0,
-                     pilot_seconds: float | None = None) -> int:
+                     pilot_seconds: float | None = None, recent: tuple[int, float] | None = None) -> int:
     """Subnets for the predictor from what the budget has left (`spent_s` used so far, `measured_so_far` subnets
     already measured), at the informative share of images in `plan.predictor`.
 
     The later parts' estimates are scaled by how the training's estimate compared with its real time (a machine
     that slowed down since it was measured is slower for the rest too). `pilot_seconds`: what measuring the
     pilot's `measured_so_far` subnets took in this process; the subnet evaluations that follow are then scaled by
-    how that compared with its estimate instead (the same work, timed just before)."""
+    how that compared with its estimate instead (the same work, timed just before). `recent` = (n, seconds): the
+    last n subnets, measured after the pilot on the informative images alone, took `seconds` -- the very work
+    that remains, so it calibrates the rest better still (a pilot's labels on every image ran 1.44x their
+    estimate in a clean-clone job whose later labels ran 1.2x theirs)."""
     assert plan.predictor is not None
     est = plan.estimate_s
     planned_so_far = est["startup"] + est["measuring"] + est["train"] + est["stage_evals"]
@@ -382,7 +390,13 @@ def resize_predictor(plan: BudgetPlan, spent_s: float, measured_so_far: int = 0,
     rates = plan.rates
     p = plan.predictor
     eval_drift = drift
-    if pilot_seconds and measured_so_far:
+    if recent is not None and recent[0] > 0:
+        n, seconds = recent
+        planned = n * rates.eval_subnet_s + label_images(n, p["calib_images"], p["val_images"], 0,
+                                                         p.get("informative", 1.0)) * rates.eval_image_s
+        if planned > 0:
+            eval_drift = min(MAX_DRIFT, max(MIN_DRIFT, seconds / planned))
+    elif pilot_seconds and measured_so_far:
         planned = (measured_so_far * rates.eval_subnet_s
                    + label_images(measured_so_far, p["calib_images"], p["val_images"], measured_so_far) * rates.eval_image_s)
         if planned > 0:
@@ -391,7 +405,7 @@ def resize_predictor(plan: BudgetPlan, spent_s: float, measured_so_far: int = 0,
                       "eval_subnet_s": rates.eval_subnet_s * eval_drift, "full_step_s": rates.full_step_s * drift})
     pilot_left = max(0, p.get("pilot", 0) - measured_so_far)
     more = predictor_subnets_for(left, slowed, p["calib_images"], p["val_images"], pilot_left,
-                                 p.get("informative", 1.0), lo=0)
+                                 p.get("informative", 1.0), lo=0, measured=measured_so_far)
     return int(min(PREDICTOR_MAX, max(PREDICTOR_MIN, p.get("pilot", 0), measured_so_far + more)))
 
 
