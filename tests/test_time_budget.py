@@ -307,7 +307,8 @@ def test_timed_labels_after_the_pilot_size_the_rest():
     assert resize_predictor(plan, used, done, pilot_seconds=10 * on_time, recent=(STEADY_SUBNETS, on_time)) == plain
     slow = resize_predictor(plan, used, done, recent=(STEADY_SUBNETS, 2 * on_time))
     fast = resize_predictor(plan, used, done, recent=(STEADY_SUBNETS, 0.5 * on_time))
-    assert done < slow < plain < fast
+    faster = resize_predictor(plan, used, done, recent=(STEADY_SUBNETS, 0.3 * on_time))
+    assert done < slow < plain < fast < faster     # a third of the estimate is believed, not clamped at a half
     # the estimate behind the size: measuring the rest plus fitting on all of them fits in what is left
     left = TARGET * 900 - used - (est["profile"] + est["specialize"])
     more = plain - done

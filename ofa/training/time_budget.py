@@ -39,6 +39,11 @@ MIN_SCALE = 0.03                  # the floor: 3% of the schedule's steps
 MIN_PHASE_STEPS = 4               # no phase shorter than this
 TARGET = 0.97                     # plan to end at 97% of the budget (what follows the plan is not free)
 MIN_DRIFT, MAX_DRIFT = 0.5, 3.0   # how far the machine's speed may have moved since it was measured
+# Labels timed in this process (the pilot's, then STEADY_SUBNETS more) are many seconds of the very work that
+# follows, so they may move its estimate further: a clean-clone job whose evaluation speed was measured while a
+# test run shared the machine (978 img/s against 2600-3500 in the others) timed its labels at a third of their
+# estimate, and clamped at MIN_DRIFT it used 84% of its budget.
+MIN_LABEL_DRIFT, MAX_LABEL_DRIFT = 0.1, 10.0
 MAX_RESCALE = 3.0                 # a stage-start revision gives at most this many times the planned steps
 
 # The accuracy predictor of the main job (quickstart scope). What a subnet's label costs: `calib` training
@@ -395,12 +400,12 @@ def resize_predictor(plan: BudgetPlan, spent_s: float, measured_so_far: int = 0,
         planned = n * rates.eval_subnet_s + label_images(n, p["calib_images"], p["val_images"], 0,
                                                          p.get("informative", 1.0)) * rates.eval_image_s
         if planned > 0:
-            eval_drift = min(MAX_DRIFT, max(MIN_DRIFT, seconds / planned))
+            eval_drift = min(MAX_LABEL_DRIFT, max(MIN_LABEL_DRIFT, seconds / planned))
     elif pilot_seconds and measured_so_far:
         planned = (measured_so_far * rates.eval_subnet_s
                    + label_images(measured_so_far, p["calib_images"], p["val_images"], measured_so_far) * rates.eval_image_s)
         if planned > 0:
-            eval_drift = min(MAX_DRIFT, max(MIN_DRIFT, pilot_seconds / planned))
+            eval_drift = min(MAX_LABEL_DRIFT, max(MIN_LABEL_DRIFT, pilot_seconds / planned))
     slowed = Rates(**{**rates.to_dict(), "eval_image_s": rates.eval_image_s * eval_drift,
                       "eval_subnet_s": rates.eval_subnet_s * eval_drift, "full_step_s": rates.full_step_s * drift})
     pilot_left = max(0, p.get("pilot", 0) - measured_so_far)
