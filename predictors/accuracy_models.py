@@ -44,8 +44,9 @@ KINDS = ("mlp", "gbr", "gp", "ridge")
 # that job specialized were predicted 1.6 points above their test accuracy; with the floor at 0.05 (label sd
 # 0.33 points there, about the label noise of 2000 validation images) 1.1 points, tau 0.703.
 # "ordinal+macs" (the ordinal columns and log MACs): on a clean-clone main job's 249 subnets (2026-12-03, 5000-image
-# validation labels, 18 random 80/20 splits) held-out tau 0.79 against 0.78 on "ordinal", higher in 15 of the 18
-# splits; log params beside it changed nothing, a Matern kernel nothing, a linear kernel term lost 0.03.
+# validation labels, 12 random 80/20 splits, `bench/predictor_gp_features.py`) held-out tau 0.791 against 0.778 on
+# "ordinal", higher in 10 of the 12; log params as well changed nothing, a Matern kernel nothing, a linear kernel
+# term lost 0.03.
 GP_MAX_EVALS = 60
 GP_NOISE_FLOOR = 0.05
 DEFAULT_HP: dict[str, dict[str, Any]] = {
