@@ -33,10 +33,9 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from elastic.bn_calibration import recalibrate_bn
     from ofa.accuracy_data import plan_subnets
     from ofa.run_dir import RunDir
-    from ofa.training.evaluate import calibration_batches, correct_per_image
+    from ofa.training.evaluate import calibration_batches, correct_per_image, recalibrated
     from predictors.metrics import kendall_tau
 
     torch.set_num_threads(args.threads)
@@ -44,14 +43,14 @@ def main() -> None:
     space, supernet, data = rd.load_space(), rd.load_supernet(), rd.load_data(uncapped=True)
     archs = plan_subnets(space, args.skip + args.n, 0)[args.skip:]
     draws = {"a": (0, args.calib), "b": (1, args.calib), "large": (2, args.calib_large)}
+    # per draw, its calibration batches by resolution: the cache `recalibrated` reads them from
     batches = {k: {r: calibration_batches(data, r, n, device="cpu", seed=seed) for r in space.resolutions}
                for k, (seed, n) in draws.items()}
     acc: dict[str, list[float]] = {k: [] for k in draws}
     t0 = time.time()
     for i, arch in enumerate(archs):
         for k in draws:
-            net = supernet.extract(arch)
-            recalibrate_bn(net, batches[k][arch.r])
+            net = recalibrated(supernet, arch, data, draws[k][1], "cpu", batches[k])
             acc[k].append(float(correct_per_image(net, data, "val", arch.r, device="cpu").float().mean()))
         print(f"\r{i + 1}/{len(archs)} subnets ({time.time() - t0:.0f} s)", end="", flush=True)
     print()

@@ -12,7 +12,6 @@ import argparse
 import json
 import sys
 import warnings
-from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,22 +21,22 @@ VARIANTS = ("ordinal", "ordinal+macs", "ordinal+macs+params", "matern", "linear"
 
 
 def model(variant: str, d: int):
+    """The main job's GP (`make_sklearn_model`), its RBF swapped for a Matern or a linear term added."""
     import numpy as np
-    from sklearn.gaussian_process import GaussianProcessRegressor
-    from sklearn.gaussian_process.kernels import RBF, ConstantKernel, DotProduct, Matern, WhiteKernel
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    from sklearn.base import clone
+    from sklearn.gaussian_process.kernels import ConstantKernel, DotProduct, Matern
 
-    from predictors.accuracy_models import GP_MAX_EVALS, GP_NOISE_FLOOR, _lbfgs
+    from predictors.accuracy_models import DEFAULT_HP, make_sklearn_model
 
-    shape = Matern(np.full(d, 3.0), (1e-2, 1e3), nu=2.5) if variant == "matern" else RBF(np.full(d, 3.0), (1e-2, 1e3))
-    kernel = ConstantKernel(1.0, (1e-3, 1e3)) * shape
+    pipe = make_sklearn_model("gp", DEFAULT_HP["gp"], d)
+    gp = pipe[-1]
+    shape_term, white = gp.kernel.k1, gp.kernel.k2          # ConstantKernel * RBF, WhiteKernel
+    if variant == "matern":
+        shape_term = shape_term.k1 * Matern(np.full(d, 3.0), (1e-2, 1e3), nu=2.5)
     if variant == "linear":
-        kernel = kernel + ConstantKernel(0.1, (1e-4, 1e2)) * DotProduct(1.0, "fixed")
-    kernel = kernel + WhiteKernel(0.1, (GP_NOISE_FLOOR, 1.0))
-    gp = GaussianProcessRegressor(kernel, optimizer=partial(_lbfgs, max_evals=GP_MAX_EVALS), normalize_y=True,
-                                  random_state=0)
-    return make_pipeline(StandardScaler(), gp)
+        shape_term = shape_term + ConstantKernel(0.1, (1e-4, 1e2)) * DotProduct(1.0, "fixed")
+    gp.set_params(kernel=clone(shape_term + white))
+    return pipe
 
 
 def main() -> None:
@@ -54,7 +53,8 @@ def main() -> None:
 
     from ofa.accuracy_data import dataset_paths, read_dataset
     from ofa.run_dir import RunDir
-    from predictors.encoding import arch_macs_params, ordinal_features
+    from predictors.accuracy_models import DEFAULT_HP, kind_features
+    from predictors.encoding import OneHotEncoding, arch_macs_params
     from predictors.metrics import kendall_tau
 
     torch.set_num_threads(1)
@@ -63,11 +63,12 @@ def main() -> None:
     space = rd.load_space()
     ds = read_dataset(dataset_paths(rd.path)[0], space)
     archs, y = list(ds.archs), np.asarray(ds.accuracies, dtype=float)
-    macs, params = arch_macs_params(space, archs)
-    base = ordinal_features(space, archs)
-    feats = {"ordinal": base, "linear": base,
-             "ordinal+macs": np.c_[base, np.log(macs)], "matern": np.c_[base, np.log(macs)],
-             "ordinal+macs+params": np.c_[base, np.log(macs), np.log(params)]}
+    enc = OneHotEncoding.for_space(space)
+    base, with_macs = (kind_features("gp", space, archs, enc, {**DEFAULT_HP["gp"], "features": f})
+                       for f in ("ordinal", "ordinal+macs"))
+    _, params = arch_macs_params(space, archs)
+    feats = {"ordinal": base, "linear": base, "ordinal+macs": with_macs, "matern": with_macs,
+             "ordinal+macs+params": np.c_[with_macs, np.log(params)]}
     out = {"run": args.run, "subnets": len(y), "splits": args.splits, "seed": args.seed, "tau": {}}
     for v in args.variants.split(","):
         x, taus = feats[v], []

@@ -95,9 +95,14 @@ def _budgeted_predictor_data(rd, space, plan, clock: "_Clock", samples: int | No
     settings = {"data": rd.data_config(), "split": "val", "calib_images": p["calib_images"],
                 "limit": p["val_images"], "labels": "informative images", "pilot": p["pilot"]}
     csv_path = dataset_paths(rd.path)[0]
-    before, t0 = len(read_dataset(csv_path, space)), time.monotonic()
-    pilot_set = collect(space, csv_path, p["pilot"], evaluate, settings=settings, seed=seed, resume=True)
-    pilot_s, measured_now = time.monotonic() - t0, len(pilot_set) - before
+
+    def timed_collect(n: int) -> tuple[float, int]:
+        """Collect up to `n` subnets: (seconds it took, subnets measured in this process)."""
+        before, t0 = len(read_dataset(csv_path, space)), time.monotonic()
+        done = collect(space, csv_path, n, evaluate, settings=settings, seed=seed, resume=True)
+        return time.monotonic() - t0, len(done) - before
+
+    pilot_s, measured_now = timed_collect(p["pilot"])
     found = images()
     if not p.get("sized_after_pilot") and not samples:
         p["informative"] = found.fraction
@@ -109,9 +114,7 @@ def _budgeted_predictor_data(rd, space, plan, clock: "_Clock", samples: int | No
             f"are evaluated on those alone: {p['subnets']} subnets in all")
     steady = p["pilot"] + STEADY_SUBNETS
     if not p.get("sized_steady") and not samples and p["subnets"] >= steady + 2 * STEADY_SUBNETS:
-        before, t0 = len(read_dataset(csv_path, space)), time.monotonic()
-        done = collect(space, csv_path, steady, evaluate, settings=settings, seed=seed, resume=True)
-        seconds, measured_now = time.monotonic() - t0, len(done) - before
+        seconds, measured_now = timed_collect(steady)
         if measured_now == STEADY_SUBNETS:   # all of them timed in this process, none resumed
             was = p["subnets"]
             p["subnets"] = resize_predictor(plan, clock.used(), steady, recent=(STEADY_SUBNETS, seconds))

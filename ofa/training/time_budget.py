@@ -394,18 +394,16 @@ def resize_predictor(plan: BudgetPlan, spent_s: float, measured_so_far: int = 0,
     left = TARGET * plan.budget_s - spent_s - after
     rates = plan.rates
     p = plan.predictor
+    # labels timed in this process: (how many, how many of them pilot labels on every image, seconds)
+    timed = ((recent[0], 0, recent[1]) if recent is not None and recent[0] > 0
+             else (measured_so_far, measured_so_far, pilot_seconds) if pilot_seconds and measured_so_far else None)
     eval_drift = drift
-    if recent is not None and recent[0] > 0:
-        n, seconds = recent
-        planned = n * rates.eval_subnet_s + label_images(n, p["calib_images"], p["val_images"], 0,
+    if timed is not None:
+        n, on_every_image, seconds = timed
+        planned = n * rates.eval_subnet_s + label_images(n, p["calib_images"], p["val_images"], on_every_image,
                                                          p.get("informative", 1.0)) * rates.eval_image_s
         if planned > 0:
             eval_drift = min(MAX_LABEL_DRIFT, max(MIN_LABEL_DRIFT, seconds / planned))
-    elif pilot_seconds and measured_so_far:
-        planned = (measured_so_far * rates.eval_subnet_s
-                   + label_images(measured_so_far, p["calib_images"], p["val_images"], measured_so_far) * rates.eval_image_s)
-        if planned > 0:
-            eval_drift = min(MAX_LABEL_DRIFT, max(MIN_LABEL_DRIFT, pilot_seconds / planned))
     slowed = Rates(**{**rates.to_dict(), "eval_image_s": rates.eval_image_s * eval_drift,
                       "eval_subnet_s": rates.eval_subnet_s * eval_drift, "full_step_s": rates.full_step_s * drift})
     pilot_left = max(0, p.get("pilot", 0) - measured_so_far)
