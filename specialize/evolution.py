@@ -171,6 +171,15 @@ def _search(space: SpaceSpec, acc_pred: Any, lat_pred: Any, cons: list[Constrain
         for j, g in zip(todo, best_g):
             gg, m = scorer(g[None, :])
             results[j] = _result(cons[j], genome, gg[0], m, 0, None)
+    # more budget is never worse: an answer found for one budget serves every other budget it meets (the largest
+    # subnet, the direct answer to a loose budget, is not always the one predicted most accurate)
+    if len(cons) > 1:
+        all_g, all_m = scorer(genome.from_archs([r.arch for r in results]))
+        for j, c in enumerate(cons):
+            ok = np.flatnonzero(feasible(c, all_m))
+            k = int(ok[np.argmax(all_m["accuracy"][ok])]) if len(ok) else j
+            if all_m["accuracy"][k] > results[j].accuracy:
+                results[j] = _result(c, genome, all_g[k], all_m, k, None)
     # exact MACs/params for the answers
     final = [r for r in results if r is not None]
     macs, params = arch_macs_params(space, [r.arch for r in final])
