@@ -219,6 +219,13 @@ def check_dataset_size(n: int, folds: int, holdout: float) -> None:
                        f"{least} (e.g. `ofa fit-predictor --samples 200`)")
 
 
+def holdout_split(n: int, holdout: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(held-out rows, fitting rows), each sorted: the seeded split `fit_accuracy_predictor` reports on."""
+    perm = np.random.default_rng(seed).permutation(n)
+    n_hold = int(round(holdout * n))
+    return np.sort(perm[:n_hold]), np.sort(perm[n_hold:])
+
+
 def fit_accuracy_predictor(space: SpaceSpec, archs: Sequence[Arch], accs: Sequence[float],
                            kinds: Sequence[str] = KINDS, folds: int = 5, holdout: float = 0.2, seed: int = 0,
                            progress: Any = None, hp: dict[str, dict[str, Any]] | None = None) -> AccuracyPredictor:
@@ -235,11 +242,9 @@ def fit_accuracy_predictor(space: SpaceSpec, archs: Sequence[Arch], accs: Sequen
     if n != len(y):
         raise OFAError(f"got {n} archs but {len(y)} accuracies")
     check_dataset_size(n, folds, holdout)
-    n_hold = int(round(holdout * n))
     params = {k: {**DEFAULT_HP[k], **((hp or {}).get(k) or {})} for k in kinds}
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(n)
-    hold_idx, train_idx = np.sort(perm[:n_hold]), np.sort(perm[n_hold:])
+    hold_idx, train_idx = holdout_split(n, holdout, seed)
+    n_hold = len(hold_idx)
     enc = OneHotEncoding.for_space(space)
     feats = {k: kind_features(k, space, archs, enc, params[k]) for k in kinds}   # once per kind, sliced per fold
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from elastic import OFAError, get_space
-from predictors.accuracy import AccuracyPredictor, fit_accuracy_predictor, format_report
+from predictors.accuracy import AccuracyPredictor, fit_accuracy_predictor, format_report, holdout_split
 from predictors.metrics import accuracy_quality, topk_hit_rate
 from predictors.encoding import (OneHotEncoding, arch_arrays, arch_macs_params, ordinal_feature_names, ordinal_features,
                                  rich_features)
@@ -110,6 +110,17 @@ def test_cross_validated_fit_ranks_held_out_subnets():
     # prediction on fresh archs stays sensible
     _, fresh, facc = synthetic(60, seed=7)
     assert accuracy_quality(facc, pred.predict(fresh))["kendall_tau"] > 0.7
+
+
+def test_the_reported_holdout_is_holdout_split():
+    """The held-out metrics are those of the chosen kind fit on holdout_split's fitting rows (what benches re-derive)."""
+    sp, archs, acc = synthetic(60)
+    rep = fit_accuracy_predictor(sp, archs, acc, kinds=("ridge",), folds=3, holdout=0.25, seed=3).report
+    hold, train = holdout_split(60, 0.25, 3)
+    assert len(hold) == 15 and len(train) == 45 and not set(hold) & set(train)
+    m = AccuracyPredictor.fit(sp, [archs[i] for i in train], acc[train], kind="ridge")
+    assert rep["holdout"] == accuracy_quality(acc[hold], m.predict([archs[i] for i in hold]))
+    assert not np.array_equal(holdout_split(60, 0.25, 4)[0], hold)       # the seed moves it
 
 
 def test_mlp_fits_and_round_trips_exactly(tmp_path):
