@@ -53,7 +53,11 @@ MAX_RESCALE = 3.0                 # a stage-start revision gives at most this ma
 # from 200 subnets (0.73) to 300-430 (0.82), while the supernet gains little from 10% more steps at this scale.
 # 0.35 -> 0.45 (2026-12-03): a clean-clone job at 263 img/s got 216 subnets and held-out tau 0.74; 600 subnets of
 # that supernet rank a fixed 150 of them at tau 0.77 fit on 216, 0.79 on 300, 0.81 on 400 (3 draws each).
-PREDICTOR_SHARE = 0.45
+# 0.45 -> 0.55 (2026-12-04): six clean-clone jobs at 0.45 (271-420 subnets) gave held-out tau 0.63-0.84, three of
+# six at 0.75; on two of their runs the tau still climbs with the subnets' number (the first 300 / all 359 of one
+# run: 0.69 / 0.76 over 8 random splits; 300 / 420 of the other: 0.76 / 0.78), and nothing else measured moved it
+# (docs/results.md, "What bounds it").
+PREDICTOR_SHARE = 0.55
 PREDICTOR_MIN, PREDICTOR_MAX = 30, 1500
 # Labels use up to PREDICTOR_VAL validation images, beyond the quick schedule's 2000-image evaluation cap where the
 # split has them (Fashion-MNIST's carved validation split: 5000). Measured 2026-12-03 on 150 subnets of a main
