@@ -20,6 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.result_files import write_run_result  # noqa: E402
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -68,9 +70,7 @@ def main() -> None:
         print(json.dumps(r))
     res = {"run": args.run, "subnets": len(archs), "images": int(len(inf.indices)), "threads": args.threads,
            "outcomes_that_differ": flips, "rows": rows, "date": time.strftime("%Y-%m-%d")}
-    tag = args.tag or Path(args.run).resolve().name
-    out = ROOT / "bench" / "results" / f"label_batch_size_{tag}.json"
-    out.write_text(json.dumps(res, indent=1))
+    out = write_run_result("label_batch_size", args.run, args.tag, res)
     print(f"outcomes that differ between batch sizes: {flips}\n-> {out}")
 
 

@@ -28,6 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.result_files import write_run_result  # noqa: E402
+
 
 def _job(run: str):
     """The run's space, accuracy dataset (archs, labels in points) and GP features."""
@@ -204,9 +206,7 @@ def main() -> None:
     res = {"mode": args.mode, "run": args.run, **{"heldout": heldout, "skip": skip, "curve": curve}[args.mode](args),
            "seconds": time.time() - t0, "date": time.strftime("%Y-%m-%d")}
     print(json.dumps({k: v for k, v in res.items() if k != "rows"}, indent=1))
-    tag = args.tag or Path(args.run).resolve().name
-    out = ROOT / "bench" / "results" / f"predictor_label_limits_{args.mode}_{tag}.json"
-    out.write_text(json.dumps(res, indent=1))
+    out = write_run_result(f"predictor_label_limits_{args.mode}", args.run, args.tag, res)
     print(f"-> {out}")
 
 
