@@ -5,6 +5,7 @@ user-caused failure (an `OFAError`, or a usage error from bad options) into one 
 """
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -54,8 +55,46 @@ def _one_line(msg: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in msg)
 
 
+def _leave_process_group(status: object) -> None:
+    """A process that joined a torchrun process group (train, finetune, ...) destroys it and exits at once with
+    `status`, skipping the interpreter's shutdown. Left to that shutdown, a gloo worker thread could still be
+    releasing a finished collective's tensors: it then needs the GIL of an interpreter being torn down, and the
+    process aborted ('terminate called without an active exception', exit -6) after all its work was done (1
+    run in 8 of tests/test_train_ddp.py on a 2-core machine; core dump: ProcessGroupGloo::AsyncWork's destructor
+    in take_gil). Without a process group this does nothing, and imports nothing a command did not."""
+    dist = _joined_process_group()
+    if dist is None:
+        return
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status if isinstance(status, int) else (0 if status is None else 1))
+
+
+def _joined_process_group():
+    """torch.distributed when this process joined a process group, else None."""
+    dist = sys.modules.get("torch.distributed")
+    return dist if dist is not None and dist.is_available() and dist.is_initialized() else None
+
+
 def main(argv: list[str] | None = None) -> None:
     _register_commands()
+    try:
+        _run(argv)
+    except SystemExit as exc:
+        _leave_process_group(exc.code)
+        raise
+    except BaseException:
+        if _joined_process_group() is not None:   # the traceback first: the exit skips Python's own printing
+            import traceback
+
+            traceback.print_exc()
+            _leave_process_group(1)
+        raise
+    _leave_process_group(0)
+
+
+def _run(argv: list[str] | None) -> None:
     try:
         app(args=argv, standalone_mode=False)
     except OFAError as exc:

@@ -30,6 +30,7 @@ from elastic.errors import OFAError
 from elastic.ofa_compat import (PUBLISHED_SUPERNETS, checkpoint_layout, n_classes_of, netspec_from_ofa_config,
                                 spaces_like, static_from_ofa, supernet_from_ofa)
 from elastic.spaces import SPACES, get_space
+from predictors.net_config import run_config_image_size
 from ofa import atomic
 
 IMPORT_FILE = "imported.json"
@@ -242,10 +243,8 @@ def _image_size(cfg: Any, config_path: Path, image_size: int | None) -> int:
         return image_size
     if isinstance(cfg, dict) and "image_size" in cfg:
         size = cfg["image_size"]
-    elif (config_path.parent / "run.config").is_file():  # the original keeps the resolution in run.config
-        size = _read_json(config_path.parent / "run.config", "run config").get("image_size", 224)
     else:
-        return 224
+        return run_config_image_size(config_path) or 224
     size = size[0] if isinstance(size, list) and size else size
     if isinstance(size, bool) or not isinstance(size, int) or size < 8:
         raise OFAError(f"image_size in {config_path} must be an integer >= 8, got {size!r}")

@@ -1,8 +1,9 @@
 """Read a timings CSV (`network,latency_ms`, ...) into networks and times, checking every row.
 
 `network` is a probe id of a probe set (`manifest.json` written by `ofa profile probes`) or the path of a
-network file (`arch.json`, an OFA `net_config`; relative to the CSV's folder, else the working directory),
-as `ofa latency --config` takes. Optional columns: `image_size` (for a network file), `batch` (for a network
+network file (`arch.json`, an OFA `net_config`) or of a folder holding one (a folder `ofa specialize` wrote, an
+original OFA specialized net's `net.config` + `run.config`), relative to the CSV's folder, else the working
+directory, as `ofa latency --config` takes. Optional columns: `image_size` (for a network file), `batch` (for a network
 file; probes have theirs), and `space` / `manifest` (written by the kit's timing script; checked against the
 probe set). A row with an empty `latency_ms` is a network not timed and is skipped (and counted).
 Anything wrong is an OFAError naming the file, the row and the problem.
@@ -114,9 +115,9 @@ def read_timings(path: str | Path, probes: str | Path | None = None) -> Timings:
 
 
 def _network_file(name: str, csv_path: Path, image_size: str, where: str, manifest) -> tuple[NetSpec, str]:
-    looks_like_file = name.endswith(".json") or "/" in name or "\\" in name
+    looks_like_file = name.endswith((".json", ".config")) or "/" in name or "\\" in name
     candidates = [csv_path.parent / name, Path(name)]
-    found = next((c for c in candidates if c.is_file()), None)
+    found = next((c for c in candidates if c.is_file() or c.is_dir()), None)
     if found is None:
         if manifest is not None and not looks_like_file:
             ids = sorted(manifest.probes)

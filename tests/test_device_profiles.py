@@ -268,6 +268,62 @@ def test_network_files_as_timed_networks(tmp_path, monkeypatch, capsys):
     assert report["domain"]["resolutions"] == [152, 172, 224, 240]
 
 
+def _ofa_layout(published: Path, folder: Path) -> Path:
+    """A published net as the original OFA ships its specialized nets: FOLDER/net.config (the bare net_config)
+    and FOLDER/run.config (its image_size)."""
+    doc = json.loads(published.read_text())
+    folder.mkdir(parents=True)
+    (folder / "net.config").write_text(json.dumps(doc["net_config"]))
+    (folder / "run.config").write_text(json.dumps({"image_size": doc["image_size"], "test_batch_size": 500}))
+    return folder
+
+
+def test_original_ofa_folders_and_specialized_folders_as_timed_networks(tmp_path, monkeypatch, capsys):
+    """OFA's specialized nets come as net.config + run.config: a CSV naming their folders (or the net.config
+    files) fits the same profile as the single-file form, at the resolutions run.config gives."""
+    monkeypatch.setenv("OFA_HOME", str(tmp_path / "home"))
+    nets = Path(__file__).resolve().parent / "data" / "latency" / "published_nets"
+    files = sorted(nets.glob("pixel1_lat-*.json"))
+    ms = [f.name.split("_")[1][4:-2] for f in files]
+    folders = [_ofa_layout(f, tmp_path / "ofa_specialized" / f.stem) for f in files]
+    reports = []
+    for name, rows in (("single", [(str(f), m) for f, m in zip(files, ms)]),
+                       ("folders", [(f"ofa_specialized/{d.name}", m) for d, m in zip(folders, ms)]),
+                       ("netconfig", [(str(d / "net.config"), m) for d, m in zip(folders, ms)])):
+        csv_path = _write_csv(tmp_path / f"{name}.csv", rows)
+        code, text, err = _cli(["profile", "fit", "--timings", str(csv_path), "--name", name, "--prior", "note10",
+                                "--json"], capsys)
+        assert code == 0, err
+        reports.append(json.loads(text))
+    assert reports[0]["domain"]["resolutions"] == [152, 172, 224, 240]
+    for r in reports[1:]:
+        assert r["domain"]["resolutions"] == reports[0]["domain"]["resolutions"]
+        assert r["domain"]["families"] == reports[0]["domain"]["families"]
+        assert r["error"]["loo"] == pytest.approx(reports[0]["error"]["loo"])
+    # `ofa latency` reads the same folder, and --image-size still overrides run.config
+    code, text, err = _cli(["latency", "--device", "pixel1", "--config", str(folders[0]), "--json"], capsys)
+    code2, text2, _ = _cli(["latency", "--device", "pixel1", "--config", str(files[0]), "--json"], capsys)
+    assert code == code2 == 0, err
+    assert json.loads(text) == json.loads(text2)
+    code, text, _ = _cli(["latency", "--device", "pixel1", "--config", str(folders[0]), "--image-size", "160",
+                          "--json"], capsys)
+    assert code == 0 and json.loads(text)["image_size"] == 160
+    # a folder `ofa specialize` writes (arch.json) is a network too
+    space = get_space("mbv3-w1.0")
+    arch = space.sample(random.Random(0))
+    mine = tmp_path / "specialized" / "cpu@5ms"
+    mine.mkdir(parents=True)
+    (mine / "arch.json").write_text(json.dumps({"space": space.to_dict(), "arch": arch.to_dict(), "n_classes": 1000}))
+    code, text, err = _cli(["latency", "--device", "note10", "--config", str(mine), "--json"], capsys)
+    assert code == 0 and json.loads(text)["image_size"] == arch.r, err
+    # what cannot be read is one line, exit 2
+    (folders[1] / "run.config").write_text(json.dumps({"image_size": [160, 224]}))
+    (tmp_path / "empty").mkdir()
+    for config, says in ((folders[1], "names no single resolution"), (tmp_path / "empty", "holds no network")):
+        code, _, err = _cli(["latency", "--device", "pixel1", "--config", str(config)], capsys)
+        assert code == 2 and err.count("\n") == 1 and says in err, err
+
+
 # ---- domains and the search ------------------------------------------------------------------------------
 FAST = {"population": 16, "generations": 6, "patience": 3, "init_samples": 200}
 

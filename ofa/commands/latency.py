@@ -17,7 +17,7 @@ from predictors.profiles import load_profile
 @app.command("latency")
 def latency(
     device: str = typer.Option(..., "--device", help="Device name (see `ofa devices`) or a profile .json path."),
-    config: Path = typer.Option(..., "--config", help="arch.json ({space, n_classes, arch}) or an OFA net_config file."),
+    config: Path = typer.Option(..., "--config", help="arch.json ({space, n_classes, arch}), an OFA net_config file, or a folder holding either (a specialized net; OFA's net.config + run.config)."),
     image_size: int = typer.Option(None, "--image-size", help="Override the input resolution."),
     run: Optional[Path] = typer.Option(None, "--run", help="A run directory: its own profiles/DEVICE.json comes first."),
     as_json: bool = typer.Option(False, "--json", help="Print {\"latency_ms\": ...} instead of text."),
