@@ -19,6 +19,7 @@ import numpy as np
 from elastic.errors import OFAError
 from elastic.netspec import NetSpec
 from elastic.spaces import SpaceSpec
+from predictors.allocator import keep_freed_memory
 from predictors.domain import domain_of_nets
 from predictors.layer_regression import LayerRegression, fit_relative
 from predictors.layers import net_features
@@ -224,6 +225,9 @@ def measure_modules(models: Sequence, input_shapes: Sequence[tuple[int, int, int
     rounds; in each round a module runs `turn_warmup` untimed times, then `repeats` timed times; the result is
     the median over rounds of each round's fastest run (load-corrected, see `robust_latency`).
 
+    PyTorch on the CPU is timed with freed memory kept in the process (`predictors.allocator`: without it the same
+    networks' timings did not repeat between sessions).
+
     Many short rounds spread every network's runs over the whole session, so load from other processes on a
     shared machine shifts all networks alike instead of whichever happened to run during a busy second.
     The untimed runs at the start of each turn matter: right after the other networks ran, a small network's
@@ -243,6 +247,8 @@ def measure_modules(models: Sequence, input_shapes: Sequence[tuple[int, int, int
     import torch
 
     clock = pick_clock(clock_name, threads, device)
+    if runtime == "torch" and device == "cpu":
+        keep_freed_memory()
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -320,6 +326,7 @@ def fit_measured_profile(space: SpaceSpec, name: str = "cpu", device: str = "cpu
     clock_used = "thread CPU time" if pick_clock(clock_name, threads, device) is time.thread_time else "wall time"
     if device == "cuda" and runtime == "torch":
         clock_used = "CUDA events"
+    kept = runtime == "torch" and device == "cpu" and keep_freed_memory()
     if gpu is not None:
         gpu = {"before": gpu, "after": gpu_clock_note()}
     F = np.stack([net_features(n) for n in nets])
@@ -340,12 +347,14 @@ def fit_measured_profile(space: SpaceSpec, name: str = "cpu", device: str = "cpu
                     f"{n_fit} measured subnets of {space.name}",
         provenance=f"measured here with `ofa profile` on {time.strftime('%Y-%m-%d')} ({clock_used}): median over "
                    f"{rounds} interleaved rounds of the fastest of {repeats} runs after {turn_warmup} untimed ones"
-                   + (f", mean of {instances} runtime sessions per network" if instances > 1 else ""),
+                   + (f", mean of {instances} runtime sessions per network" if instances > 1 else "")
+                   + (", freed memory kept in the process (glibc mallopt)" if kept else ""),
         error={"summary": summary, "test": test_q, "fit": fit_q, "timed_nets": n_fit + n_test},
         batch=batch,
         domain=domain_of_nets(f"latency profile '{name}'", [space.family], [a.r for a in archs], [space.name],
                               f"{n_fit + n_test} subnets of {space.name} timed here"),
         extra={"runtime": runtime, "threads": threads, "device": device, "precision": precision, "clock": clock_used,
+               **({"allocator": "glibc, freed memory kept (mallopt)"} if kept else {}),
                "n_fit": n_fit,
                "n_test": n_test, "seed": seed, "instances": instances, "measured_ms": [float(v) for v in ms],
                "archs": [a.to_dict() for a in archs], "batch": batch, **({"gpu": gpu} if gpu else {})},

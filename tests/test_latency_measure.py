@@ -128,3 +128,53 @@ def test_instances_time_separate_sessions_of_each_network_and_average_them(monke
     np.testing.assert_allclose(two, [2.5, 3.5, 4.5], rtol=0.15)
     with pytest.raises(OFAError, match="instances"):
         measure_modules([0], [(3, 8, 8)], instances=0)
+
+
+_MALLOC_PROBE = """
+import ctypes, json, sys
+import torch
+from predictors.measure import measure_modules
+
+class Mallinfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Mallinfo2
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+
+def mmapped_by_malloc(mb):   # bytes glibc took from a fresh mmap to serve malloc(mb MB)
+    before = libc.mallinfo2().hblkhd
+    p = libc.malloc(mb << 20)
+    during = libc.mallinfo2().hblkhd
+    libc.free(p)
+    return during - before
+
+first = mmapped_by_malloc(20)   # glibc's default: mmapped (and its threshold rises to 20 MB once freed)
+measure_modules([torch.nn.Conv2d(3, 4, 3)], [(3, 8, 8)], runtime=sys.argv[1], rounds=1, warmup=0, repeats=1,
+                turn_warmup=0)
+print(json.dumps({"first": first, "after": mmapped_by_malloc(30)}))
+"""
+
+
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="glibc's malloc only")
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
+def test_torch_timing_keeps_freed_memory_in_the_process(runtime):
+    """Timing PyTorch on the CPU serves even a 30 MB request from the heap it keeps (no fresh mmap to page-fault
+    on each inference: the cause of eager timings that did not repeat between sessions); ONNX Runtime's timing,
+    which has its own arena, leaves glibc's defaults alone. Run in a fresh interpreter: the setting is
+    process-wide."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = subprocess.run([sys.executable, "-c", _MALLOC_PROBE, runtime], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["first"] >= 20 << 20          # the probe sees an mmap where glibc makes one
+    if runtime == "torch":
+        assert seen["after"] == 0
+    else:
+        assert seen["after"] >= 30 << 20
