@@ -4,10 +4,10 @@ PyTorch's CPU tensors come from `malloc`. glibc serves a large request (an activ
 fresh `mmap` and returns it to the system when freed, unless its self-tuning threshold has risen past that size;
 it also trims the heap's free top. Whether a network's activations page-fault on every inference therefore
 depends on which networks ran earlier in the process, and timings of the same networks did not repeat from one
-session to the next (measured on this project's 2-core VM, 60 subnets of mbv3-w1.0 at 4.7-14 ms, three sessions:
-per-network ratio between sessions sd 0.04-0.14, single networks up to 1.5x slower, 82-97% within 10%).
-With the memory kept (fixed mmap threshold at glibc's 32 MB maximum, no trimming) the same sessions agreed at
-sd 0.015-0.025, at most 1.11x, 97-100% within 10%: the state a deployed network reaches after its first
+session to the next. `bench/torch_timing_repeat.py` (60 subnets of mbv3-w1.0 at 4.3-17 ms, three sessions of
+each variant alternating, this project's 2-core VM, 2026-12-06): glibc's defaults 78-98% within 10% between
+sessions, per-network ratio sd 0.048-0.195, single networks 0.60-1.66x; with the memory kept 100%, sd
+0.013-0.019, 0.95-1.03x. Kept is also the state a deployed network reaches after its first
 inferences, when the heap already holds its activations. ONNX Runtime has its own arena and needs none of this.
 
 The setting is process-wide and stays for the rest of the process (the memory is reused, not returned).
