@@ -6,7 +6,8 @@ not reproduce here, see NUMBERS.md), unlike the prior in kind:
           does: 100 random subnets, 20 more to check it);
   ort2    ONNX Runtime fp32, 2 threads (wall clock);
   int8    ONNX Runtime, the subnets quantized to int8 (`predictors.quantize`, static QDQ), 1 thread;
-  torch1  PyTorch eager, 1 thread (per-op dispatch overhead the ONNX graphs do not have).
+  torch1  PyTorch eager, 1 thread (per-op dispatch overhead the ONNX graphs do not have; since 2026-12-06 timed
+          with freed memory kept in the process, as `measure_modules` does for PyTorch on the CPU).
 Per device one interleaved timing session holds the 40 stratified probes (`ofa profile probes`' choice, seed 0),
 40 random validation subnets and 100 random fresh test subnets. For k = 3, 5, 10, 20, 40 timed probes (20
 random k-subsets, always with the smallest and the largest probe; k = 40 is the one full set), a profile is fit
