@@ -15,7 +15,6 @@ whole or not at all (it is written into a hidden folder beside the target, then 
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -30,7 +29,7 @@ from elastic.errors import OFAError
 from elastic.ofa_compat import (PUBLISHED_SUPERNETS, checkpoint_layout, n_classes_of, netspec_from_ofa_config,
                                 spaces_like, static_from_ofa, supernet_from_ofa)
 from elastic.spaces import SPACES, get_space
-from predictors.net_config import run_config_image_size
+from predictors.net_config import read_json_file, run_config_image_size
 from ofa import atomic
 
 IMPORT_FILE = "imported.json"
@@ -229,15 +228,6 @@ def import_supernet(checkpoint: str | Path, run: str | Path, *, space: str | Non
 
 
 # ---- specialized networks -------------------------------------------------------------------------
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise OFAError(f"{what} '{path}' does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, IsADirectoryError) as exc:
-        raise OFAError(f"{what} '{path}' is not valid JSON ({exc})") from None
-
-
 def _image_size(cfg: Any, config_path: Path, image_size: int | None) -> int:
     if image_size is not None:
         return image_size
@@ -269,7 +259,7 @@ def import_net(checkpoint: str | Path, out: str | Path, *, net_config: str | Pat
         raise OFAError("a specialized network needs its description: --net-config NET_CONFIG (OFA's net.config)")
     cfg_path = Path(net_config).expanduser()
     _check_target(target, overwrite, "network")
-    cfg = _read_json(cfg_path, "net_config")
+    cfg = read_json_file(cfg_path, "net_config")
     size = _image_size(cfg, cfg_path, image_size)
     spec = netspec_from_ofa_config(cfg, size)
     sd, facts = read_checkpoint(src)

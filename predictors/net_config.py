@@ -44,7 +44,7 @@ def load_net_config(path: str | Path, image_size: int | None = None) -> NetSpec:
     """The network of a file (arch.json, an OFA net_config) or of a folder holding one (see the module doc);
     `image_size` overrides the resolution the files give."""
     p = network_file(path)
-    data = _read_json(p, "config file")
+    data = read_json_file(p, "config file")
     if image_size is None and isinstance(data, dict) and "first_conv" in data:   # a bare net_config
         image_size = run_config_image_size(p)
     try:
@@ -70,10 +70,13 @@ def network_file(path: str | Path) -> Path:
 FOLDER_FILES = ("arch.json", "net.config")
 
 
-def _read_json(p: Path, what: str) -> Any:
+def read_json_file(p: Path, what: str) -> Any:
+    """The parsed JSON file `p`, or an OFAError naming it as `what` (missing, a folder, not JSON)."""
     try:
         return json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except FileNotFoundError:
+        raise OFAError(f"{what} '{p}' does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, IsADirectoryError) as exc:
         raise OFAError(f"{what} '{p}' is not valid JSON: {exc}") from None
 
 
@@ -83,7 +86,7 @@ def run_config_image_size(config_path: str | Path) -> int | None:
     p = Path(config_path).parent / "run.config"
     if not p.is_file():
         return None
-    data = _read_json(p, "run config")
+    data = read_json_file(p, "run config")
     size = data.get("image_size") if isinstance(data, dict) else None
     if isinstance(size, list) and len(size) == 1:
         size = size[0]
